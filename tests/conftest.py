@@ -1,0 +1,56 @@
+"""Shared fixtures. Everything here is offline; ../shared/data is optional (tests that need it skip)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PIG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def tiny_clip_config_dict(**overrides):
+    """A tiny random CLIP config (dict) that the model tests share.
+
+    bos/eos/pad ids lie inside the tiny vocabulary (transformers 5 pools the EOS position by id).
+    image 32 px / patch 8 -> 16 patches per frame.
+    """
+    text = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, bos_token_id=97,
+                eos_token_id=98, pad_token_id=98)
+    vision = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=32, patch_size=8)
+    cfg = dict(text_config=text, vision_config=vision, projection_dim=24)
+    for key, value in overrides.items():
+        if key in ("text_config", "vision_config"):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def tiny_clip_config():
+    return tiny_clip_config_dict()
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_videos(shared_data):
+    folder = shared_data / "videos"
+    videos = sorted(p for p in folder.glob("*") if p.suffix.lower() in {".mp4", ".mov", ".avi", ".webm", ".mkv"})
+    if not videos:
+        pytest.skip(f"no real videos in {folder}")
+    return videos
