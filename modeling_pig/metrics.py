@@ -20,6 +20,7 @@ only one `[n_video, n_video]` group-max matrix and one chunk of `chunk_elements`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,7 +30,11 @@ DSL_TEMPERATURE = 100.0
 # Rows per chunk are chosen so that a chunk holds about this many float64 values (64 MB).
 DEFAULT_CHUNK_ELEMENTS = 8_000_000
 
-__all__ = ["compute_retrieval_metrics", "retrieval_ranks", "metrics_from_ranks", "RECALL_KS"]
+# The `evaluate` wrapper of this module: `evaluate.load(METRIC_MODULE_PATH)` works offline.
+METRIC_MODULE_PATH = str(Path(__file__).resolve().parent / "metric" / "pig_retrieval.py")
+
+__all__ = ["compute_retrieval_metrics", "retrieval_ranks", "metrics_from_ranks", "load_evaluate_metric",
+           "METRIC_MODULE_PATH", "RECALL_KS"]
 
 
 def _as_similarity_matrix(sim) -> np.ndarray:
@@ -207,3 +212,10 @@ def compute_retrieval_metrics(sim, text_to_video: Sequence[int] | None = None, d
     metrics["num_texts"] = int(t2v.shape[0])
     metrics["num_videos"] = int(v2t.shape[0])
     return metrics
+
+
+def load_evaluate_metric(**kwargs):
+    """`evaluate.load` of the bundled metric module (offline; kwargs go to `evaluate.load`)."""
+    import evaluate
+
+    return evaluate.load(METRIC_MODULE_PATH, **kwargs)
