@@ -1,0 +1,247 @@
+"""PIG model configuration (method spec: docs/pig-method.md).
+
+`PIGConfig` wraps a `CLIPConfig` (both towers come from CLIP) and adds the fields of the ViP video tower (§2),
+the Informativeness Token Selector (§3), the pseudo-query generator (§4), the pseudo interaction (§5) and the
+losses (§6.2). The same config also describes the two Two-Tower baselines of the paper's comparison:
+`use_pseudo_query=False` is CLIP-ViP and `video_tower="meanp"` (with `use_pseudo_query=False`) is CLIP4Clip meanP.
+
+Every field is checked when the config is built (also when it is read from a `config.json`): a wrong type is a
+`TypeError` and an impossible value a `ValueError`, both naming the field.
+
+This file must import only `transformers`/`torch`/the standard library: it is copied next to saved checkpoints
+(`trust_remote_code`).
+"""
+
+import copy
+import math
+import numbers
+
+from transformers import AutoConfig, CLIPConfig, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+VIDEO_TOWERS = ("vip", "meanp")
+HEAD_REDUCTIONS = ("max", "mean")
+# Tokens in front of the frames in the ViP sequence: the video CLS (CLIP's class token) + the proxy tokens.
+NUM_CLASS_TOKENS = 1
+
+
+class PIGConfig(PreTrainedConfig):
+    r"""Configuration of [`PIGModel`].
+
+    Args:
+        clip_config (`dict` or `CLIPConfig`, *optional*):
+            The CLIP model both towers start from (defaults to the `openai/clip-vit-base-patch32` shapes). A
+            `CLIPConfig` passed in is copied, never mutated.
+        num_frames (`int`, defaults to 12):
+            Frames per video; the size of the temporal embedding table (§2.2). Inputs with another frame count
+            (e.g. 1-frame images in stage 1) use a linearly interpolated table.
+        num_proxy_tokens (`int`, defaults to 3):
+            Video proxy tokens of the ViP tower (§2.2, `add_cls_num`); with the video CLS they are the global tokens.
+        its_top_k (`int`, defaults to 16):
+            Patch tokens picked by the Informativeness Token Selector (§3). At most `num_frames * patches_per_frame`.
+        its_head_reduction (`str`, defaults to `"max"`):
+            How ITS reduces the last layer's CLS attention over heads: `"max"` (paper) or `"mean"`.
+        generation_loss_weight (`float`, defaults to 1.0):
+            alpha, the weight of the reconstruction ("generation") loss (§4.3, §10 row 7: applied).
+        detach_generation_target (`bool`, defaults to `False`):
+            Detach the caption embedding used as the reconstruction target (§10 row 10; the authors do not).
+        use_pseudo_query (`bool`, defaults to `True`):
+            Build the pseudo-query generator and the pseudo interaction (PIG). `False` is the CLIP-ViP baseline
+            (video embedding = projected video CLS) or, with `video_tower="meanp"`, CLIP4Clip meanP.
+        video_tower (`str`, defaults to `"vip"`):
+            `"vip"`: CLIP-ViP proxy-token tower (§2). `"meanp"`: plain CLIP per frame, mean of the projected
+            frame embeddings (CLIP4Clip meanP baseline; requires `use_pseudo_query=False`).
+        logit_scale_init_value (`float`, defaults to 4.60):
+            Initial log-temperature of the contrastive loss (§2.2; exp = 99.5). Also written into `clip_config`.
+        logit_scale_max (`float`, defaults to ln 200):
+            Upper clamp of the log-temperature (lower clamp is 0), applied in `forward` and by
+            `PIGModel.clamp_logit_scale_()` after each optimiser step.
+        learnable_bos_eos (`bool`, defaults to `True`):
+            The generator's [bos]/[eos] slots are trainable parameters ([FPIG], §10 row 4); `False` keeps them
+            as fixed (saved) buffers ([PIG]).
+        generator_output_projection (`bool`, defaults to `True`):
+            Apply a trainable copy of CLIP's `text_projection` to the generator output ([FPIG], §10 row 6).
+            `False` returns the final-LN state ([PIG]); it then needs text width == projection_dim.
+        generator_bos_token_id / generator_eos_token_id (`int`, *optional*):
+            Rows of CLIP's token-embedding table that initialise the [bos]/[eos] slots. Default: the text config's
+            `bos_token_id`/`eos_token_id`, or the last two vocabulary rows (`<|startoftext|>`, `<|endoftext|>`)
+            for CLIP checkpoints that carry the legacy ids (bos 0 / eos 2).
+        interaction_dropout (`float`, defaults to 0.1):
+            Dropout on the `linear_proj` branch of the pseudo interaction (§5).
+        interaction_attn_temp (`float`, defaults to 1.0):
+            Extra divisor of the pseudo-interaction attention logits (§5, `attn_temp`).
+        initializer_range (`float`, defaults to 0.02):
+            Std of the normal init of new linear layers without a special init.
+    """
+
+    model_type = "pig"
+    sub_configs_defaults = {"clip_config": CLIPConfig}
+
+    clip_config: dict | CLIPConfig | None = None
+    num_frames: int = 12
+    num_proxy_tokens: int = 3
+    its_top_k: int = 16
+    its_head_reduction: str = "max"
+    generation_loss_weight: float = 1.0
+    detach_generation_target: bool = False
+    use_pseudo_query: bool = True
+    video_tower: str = "vip"
+    logit_scale_init_value: float = 4.60
+    logit_scale_max: float = math.log(200.0)
+    learnable_bos_eos: bool = True
+    generator_output_projection: bool = True
+    generator_bos_token_id: int | None = None
+    generator_eos_token_id: int | None = None
+    interaction_dropout: float = 0.1
+    interaction_attn_temp: float = 1.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        # A CLIPConfig passed in is copied: this config writes into it (logit scale) and model construction
+        # writes `_attn_implementation` into it; neither may leak into the caller's object.
+        if isinstance(self.clip_config, CLIPConfig):
+            self.clip_config = copy.deepcopy(self.clip_config)
+        elif self.clip_config is not None and not isinstance(self.clip_config, dict):
+            raise TypeError(
+                f"PIGConfig.clip_config must be a dict or a CLIPConfig, got {type(self.clip_config).__name__}"
+            )
+        super().__post_init__(**kwargs)
+        self._check_fields()
+        self.clip_config.logit_scale_init_value = float(self.logit_scale_init_value)
+        if self.generator_bos_token_id is None or self.generator_eos_token_id is None:
+            bos, eos = self._default_bos_eos_token_ids()
+            if self.generator_bos_token_id is None:
+                self.generator_bos_token_id = bos
+            if self.generator_eos_token_id is None:
+                self.generator_eos_token_id = eos
+        self._check_token_ids()
+
+    # ----------------------------------------------------------------------------------------------- derived shapes
+    @property
+    def num_patches_per_frame(self) -> int:
+        """P: patch tokens per frame (49 for B/32 at 224 px)."""
+        vision = self.clip_config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
+    @property
+    def num_global_tokens(self) -> int:
+        """M: video CLS + proxy tokens (4 with the default 3 proxies)."""
+        return NUM_CLASS_TOKENS + self.num_proxy_tokens
+
+    def generator_sequence_length(self, num_frames: int | None = None) -> int:
+        """Length of the generator input `[bos, CLS, proxies, frame-CLS x T, ITS top-k, eos]` (34 for B/32, T=12)."""
+        frames = self.num_frames if num_frames is None else num_frames
+        return 1 + self.num_global_tokens + frames + self.its_top_k + 1
+
+    # -------------------------------------------------------------------------------------------------- validation
+    def _check_fields(self):
+        """Raise TypeError/ValueError naming the field for a wrong type or an impossible value."""
+        for name in ("num_frames", "num_proxy_tokens", "its_top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"PIGConfig.{name} must be an int, got {type(value).__name__} ({value!r})")
+        for name in ("use_pseudo_query", "detach_generation_target", "learnable_bos_eos",
+                     "generator_output_projection"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"PIGConfig.{name} must be a bool, got {type(value).__name__} ({value!r})")
+        for name in ("generation_loss_weight", "logit_scale_init_value", "logit_scale_max", "interaction_dropout",
+                     "interaction_attn_temp", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"PIGConfig.{name} must be a number, got {type(value).__name__} ({value!r})")
+            if not math.isfinite(value):
+                raise ValueError(f"PIGConfig.{name} must be finite, got {value!r}")
+        for name, allowed in (("video_tower", VIDEO_TOWERS), ("its_head_reduction", HEAD_REDUCTIONS)):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"PIGConfig.{name} must be a str, got {type(value).__name__} ({value!r})")
+            if value not in allowed:
+                raise ValueError(f"PIGConfig.{name} must be one of {allowed}, got {value!r}")
+
+        if self.num_frames < 1:
+            raise ValueError(f"PIGConfig.num_frames must be >= 1, got {self.num_frames}")
+        if self.num_proxy_tokens < 0:
+            raise ValueError(f"PIGConfig.num_proxy_tokens must be >= 0, got {self.num_proxy_tokens}")
+        if self.its_top_k < 0:
+            raise ValueError(f"PIGConfig.its_top_k must be >= 0, got {self.its_top_k}")
+        if self.generation_loss_weight < 0:
+            raise ValueError(f"PIGConfig.generation_loss_weight must be >= 0, got {self.generation_loss_weight}")
+        if self.logit_scale_max <= 0:
+            raise ValueError(f"PIGConfig.logit_scale_max must be > 0, got {self.logit_scale_max}")
+        if not 0 <= self.logit_scale_init_value <= self.logit_scale_max:
+            raise ValueError(
+                f"PIGConfig.logit_scale_init_value must lie in [0, logit_scale_max={self.logit_scale_max:.4f}], "
+                f"got {self.logit_scale_init_value}"
+            )
+        if not 0 <= self.interaction_dropout < 1:
+            raise ValueError(f"PIGConfig.interaction_dropout must be in [0, 1), got {self.interaction_dropout}")
+        if self.interaction_attn_temp <= 0:
+            raise ValueError(f"PIGConfig.interaction_attn_temp must be > 0, got {self.interaction_attn_temp}")
+        if self.initializer_range <= 0:
+            raise ValueError(f"PIGConfig.initializer_range must be > 0, got {self.initializer_range}")
+
+        if self.video_tower == "meanp" and self.use_pseudo_query:
+            raise ValueError(
+                "PIGConfig.use_pseudo_query=True needs video_tower='vip' (the generator reads the ViP proxy and "
+                "frame-CLS tokens); the meanP baseline is video_tower='meanp' with use_pseudo_query=False"
+            )
+        vision = self.clip_config.vision_config
+        if vision.image_size % vision.patch_size != 0:
+            raise ValueError(
+                f"PIGConfig.clip_config.vision_config.image_size ({vision.image_size}) must be a multiple of "
+                f"patch_size ({vision.patch_size})"
+            )
+        if self.video_tower == "vip" and self.use_pseudo_query:
+            max_k = self.num_frames * self.num_patches_per_frame
+            if self.its_top_k > max_k:
+                raise ValueError(
+                    f"PIGConfig.its_top_k ({self.its_top_k}) exceeds the number of patch tokens "
+                    f"num_frames * patches_per_frame = {self.num_frames} * {self.num_patches_per_frame} = {max_k}"
+                )
+            text = self.clip_config.text_config
+            length = self.generator_sequence_length()
+            if length > text.max_position_embeddings:
+                raise ValueError(
+                    f"PIGConfig: the generator sequence [bos, {self.num_global_tokens} global, {self.num_frames} "
+                    f"frame-CLS, its_top_k={self.its_top_k}, eos] has {length} tokens, more than the text "
+                    f"position table (clip_config.text_config.max_position_embeddings="
+                    f"{text.max_position_embeddings})"
+                )
+            if not self.generator_output_projection and text.hidden_size != self.clip_config.projection_dim:
+                raise ValueError(
+                    "PIGConfig.generator_output_projection=False needs clip_config.text_config.hidden_size "
+                    f"({text.hidden_size}) == clip_config.projection_dim ({self.clip_config.projection_dim})"
+                )
+
+    def _default_bos_eos_token_ids(self) -> tuple[int, int]:
+        text = self.clip_config.text_config
+        bos, eos = text.bos_token_id, text.eos_token_id
+        # CLIP checkpoints saved before transformers PR #24773 carry bos 0 / eos 2 (not the real ids); the CLIP
+        # vocabulary always ends with <|startoftext|>, <|endoftext|>.
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        if bos is None or eos is None or eos == 2:
+            return text.vocab_size - 2, text.vocab_size - 1
+        return bos, eos
+
+    def _check_token_ids(self):
+        vocab_size = self.clip_config.text_config.vocab_size
+        for name in ("generator_bos_token_id", "generator_eos_token_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"PIGConfig.{name} must be an int, got {type(value).__name__} ({value!r})")
+            if not 0 <= value < vocab_size:
+                raise ValueError(f"PIGConfig.{name} must lie in [0, vocab_size={vocab_size}), got {value}")
+
+    def check(self):
+        """Re-run every check (the model calls this, so a config edited after construction is caught too)."""
+        self._check_fields()
+        self._check_token_ids()
+
+
+if "pig" not in CONFIG_MAPPING:
+    AutoConfig.register("pig", PIGConfig)
+PIGConfig.register_for_auto_class()
+
+__all__ = ["PIGConfig"]
