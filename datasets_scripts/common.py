@@ -97,6 +97,36 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     return ids
 
 
+def paragraph(sentences: Iterable[str]) -> str:
+    """Sentences joined with single spaces, each stripped first (ActivityNet sentences start with spaces),
+    the CLIP4Clip paragraph of DiDeMo and ActivityNet Captions."""
+    return " ".join(s.strip() for s in sentences if s.strip())
+
+
+def select_by_list(annotated: dict[str, object], listed: list[str] | None, source: str,
+                   alternatives=lambda video_id: ()) -> list[str]:
+    """Keys of `annotated` in the order of the protocol's id list (`listed`), or in file order without a list.
+
+    Listed ids that have no annotation are left out with a warning (what CLIP4Clip does, so that a list
+    covering videos a user never downloaded still works); `alternatives(id)` gives other spellings to try.
+    """
+    if listed is None:
+        return list(annotated)
+    selected, absent = [], []
+    for video_id in listed:
+        match = next((key for key in (video_id, *alternatives(video_id)) if key in annotated), None)
+        if match is None:
+            absent.append(video_id)
+        else:
+            selected.append(match)
+    if absent:
+        logger.warning("%s: %d listed ids have no annotation and are left out (first: %s)", source, len(absent),
+                       ", ".join(absent[:MAX_LISTED]))
+    if not selected:
+        raise ValueError(f"{source}: none of the {len(listed)} listed ids has an annotation")
+    return selected
+
+
 def files_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
     """A short hash of (path, size, mtime) of files: changes when a file is replaced or edited."""
     digest = hashlib.sha256()
