@@ -1,0 +1,543 @@
+"""Video decoding and frame sampling with PyAV: the only module that opens media containers.
+
+What a caller gets from :func:`read_video_frames` is ``num_frames`` RGB frames, ``uint8 [T, H, W, 3]``, picked as
+the PIG authors pick them (``docs/pig-method.md`` §6.2 "Frame sampling"), from a clip of the file, decoded with
+as little work as the file allows:
+
+* **Frame index** ``i`` means the ``i``-th frame in presentation order, counting the frames the decoder can
+  actually produce. The count never comes from the container header (``stream.frames`` is 0 for many
+  containers and wrong for some files): a cheap demux pass (no decoding) lists every packet and its timestamp.
+* **Decode only what is needed.** Frames are decoded in order and decoding stops after the last target. When the
+  timestamps are trustworthy, two more savings apply: the reader seeks to the keyframe before a target when that
+  skips more than :data:`SEEK_MIN_SKIPPED_PACKETS` packets (that is, when keyframes are dense enough for a seek
+  to pay), and non-reference frames that are not targets are skipped by the decoder (``skip_frame="NONREF"``;
+  nothing else depends on them, so the targets are bit-identical to a full decode). Any doubt (timestamps out of
+  order, a seek that lands after its target, a target that never comes out of the decoder) falls back to a plain
+  sequential decode from the first frame, which counts frames as they come out.
+* **Short videos** (fewer frames than asked) repeat frames: the sampling formula then yields repeated indices,
+  e.g. 3 frames asked for 12 give ``[0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2]``.
+* **Still images** (jpg, png, ... opened as a video) are 1-frame videos: the frame is repeated ``num_frames`` times.
+* **Clips** ``start``/``end`` (seconds from the first frame) select the frames displayed during ``[start, end)``:
+  frame ``i`` is on screen from its timestamp until the next frame's.
+* **Errors**: a missing file, a file with no video stream, a corrupt or truncated file, and a decode that yields
+  fewer frames than the container lists (beyond :data:`MAX_UNDECODABLE_FRAMES` trailing frames that some
+  writers leave undecodable) raise :class:`VideoDecodeError`, whose message names the file and the cause.
+  A clip that starts after the end of the video raises it too. Bad arguments raise ``ValueError``.
+* Display rotation metadata (phone videos) is not applied, as in the authors' decord pipeline.
+
+Everything is opened and closed inside each call, so the functions are safe in ``DataLoader`` workers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+import av
+
+__all__ = [
+    "VideoDecodeError",
+    "VideoSample",
+    "sample_frame_indices",
+    "read_video",
+    "read_video_frames",
+    "decode_all_frames",
+    "MAX_UNDECODABLE_FRAMES",
+    "SEEK_MIN_SKIPPED_PACKETS",
+]
+
+MAX_UNDECODABLE_FRAMES = 2
+"""How many listed frames may fail to come out of the decoder before the file counts as corrupt.
+
+Files written by some tools (e.g. OpenCV's writer) list a last packet that decodes to nothing; the frame count is
+then the number of frames that did decode. More missing frames than this is a truncated or corrupt file."""
+
+SEEK_MIN_SKIPPED_PACKETS = 12
+"""Seek to the keyframe before the next target only when that skips at least this many packets.
+
+A seek costs a demuxer reposition, a decoder flush and an intra frame; decoding a few packets (most of them
+skipped non-reference frames) is cheaper. Measured with ``benchmarks/bench_decode.py``."""
+
+_READ_TIMEOUT_S = 60.0  # a stalled read (network filesystem) raises instead of hanging forever
+_TIME_EPS = 1e-6  # seconds; tolerance when comparing clip bounds with frame timestamps
+
+
+class VideoDecodeError(RuntimeError):
+    """A video file could not be decoded into the frames asked for.
+
+    Raised for a missing file, a file with no video stream, a corrupt or truncated file, a decode that yields
+    fewer frames than the container lists, and a clip outside the video. The message names the file and the cause.
+    """
+
+
+def sample_frame_indices(
+    num_video_frames: int,
+    num_frames: int,
+    mode: str = "test",
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """Frame indices to decode, as the PIG authors sample them (pig-method.md §6.2).
+
+    * ``mode="test"``: ``linspace(0, n-1, num_frames)`` truncated to int.
+    * ``mode="train"``: evenly spaced with randomly jittered ends: ``iv = int(n / (num_frames-1))``,
+      ``start ~ U{0..iv}``, ``end ~ U{n-1-iv .. n-1}`` (drawn in that order from ``generator``, or from torch's
+      global RNG when it is None), then ``linspace(start, end, num_frames)`` truncated to int. ``iv`` is capped at
+      ``(n-1)//2`` so that the ends never cross; that cap only matters for ``num_frames <= 3`` on tiny videos.
+      With ``num_frames == 1`` the one index is drawn uniformly from all frames.
+
+    A video shorter than ``num_frames`` gets repeated indices (the formula does this by itself).
+
+    Args:
+        num_video_frames: frames in the video (or clip), ``n >= 1``.
+        num_frames: frames to sample, ``>= 1``.
+        mode: ``"test"`` (deterministic) or ``"train"`` (jittered).
+        generator: the random source for train mode.
+
+    Returns:
+        ``num_frames`` non-decreasing indices in ``[0, n-1]``.
+    """
+    if isinstance(num_video_frames, bool) or not isinstance(num_video_frames, (int, np.integer)) or num_video_frames < 1:
+        raise ValueError(f"num_video_frames must be an int >= 1, got {num_video_frames!r}")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
+    if mode not in ("test", "train"):
+        raise ValueError(f"mode must be 'test' or 'train', got {mode!r}")
+    last = int(num_video_frames) - 1
+    if mode == "test":
+        first_index, last_index = 0, last
+    elif num_frames == 1:
+        return [_randint(0, last, generator)]
+    else:
+        interval = min(int(num_video_frames / (num_frames - 1)), last // 2)
+        first_index = _randint(0, interval, generator)
+        last_index = _randint(last - interval, last, generator)
+    # numpy's linspace, as in the authors' code, so that truncation gives the very same integers
+    return np.linspace(first_index, last_index, int(num_frames)).astype(int).tolist()
+
+
+def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
+    """One integer uniformly from ``{low..high}`` (both ends included)."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator).item())
+
+
+@dataclass
+class VideoSample:
+    """Frames sampled from a video, with where they came from.
+
+    Attributes:
+        frames: ``uint8 [num_frames, H, W, 3]`` RGB.
+        indices: frame index of each row of ``frames`` within the whole video (presentation order).
+        num_video_frames: decodable frames in the video, or, when only a clip was read, frames up to the clip's end.
+        clip_range: ``(first, last)`` frame index of the clip that was sampled (both included).
+        timestamps: seconds from the first frame, for each row of ``frames``.
+        decode_path: ``"timestamp"`` (seeks and skips allowed) or ``"sequential"`` (the counting fallback).
+    """
+
+    frames: np.ndarray
+    indices: list[int]
+    num_video_frames: int
+    clip_range: tuple[int, int]
+    timestamps: list[float] = field(default_factory=list)
+    decode_path: str = "sequential"
+
+
+def read_video_frames(
+    path: str | os.PathLike,
+    num_frames: int = 12,
+    mode: str = "test",
+    start: float | None = None,
+    end: float | None = None,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """Decode ``num_frames`` frames of a video file, sampled as the PIG authors do.
+
+    Args:
+        path: a video file (mp4, mov, avi, webm, mkv, ...; anything FFmpeg reads, still images included).
+        num_frames: frames to return.
+        mode: ``"test"`` (evenly spaced, deterministic) or ``"train"`` (jittered ends); see
+            :func:`sample_frame_indices`.
+        start, end: optional clip bounds in seconds from the first frame; ``None`` means the video's start / end.
+        generator: random source for ``mode="train"`` (torch's global RNG when None).
+
+    Returns:
+        ``uint8 [num_frames, H, W, 3]`` RGB frames.
+
+    Raises:
+        VideoDecodeError: the file is missing, has no video stream, is corrupt or truncated, or the clip lies
+            outside the video.
+        ValueError: invalid arguments.
+    """
+    return read_video(path, num_frames=num_frames, mode=mode, start=start, end=end, generator=generator).frames
+
+
+def read_video(
+    path: str | os.PathLike,
+    num_frames: int = 12,
+    mode: str = "test",
+    start: float | None = None,
+    end: float | None = None,
+    generator: torch.Generator | None = None,
+) -> VideoSample:
+    """Like :func:`read_video_frames`, but also returns the indices, timestamps and frame count (a :class:`VideoSample`)."""
+    _check_clip_bounds(start, end)
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
+    if mode not in ("test", "train"):
+        raise ValueError(f"mode must be 'test' or 'train', got {mode!r}")
+    path = _check_path(path)
+    # The RNG state is kept so that, if the true frame count turns out smaller than the listed one, the
+    # indices can be drawn again as if the true count had been known from the start (same draws, one result).
+    rng_state = generator.get_state() if generator is not None else torch.get_rng_state()
+
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        timeline = _index_stream(container, stream, path, end)
+        plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
+        if timeline.timestamps_trusted:
+            try:
+                frames = _decode_by_timestamp(container, stream, timeline, plan.indices)
+                return plan.result(frames, timeline, "timestamp")
+            except _FallBack:
+                pass  # decode again below, counting frames: the slower path that needs no timestamps
+
+    # Sequential decode from a freshly opened container. Frames up to MAX_UNDECODABLE_FRAMES before each target
+    # are kept too, so that a stream that decodes to slightly fewer frames than it lists needs no second pass.
+    with _open(path) as container:
+        kept, decoded_count = _decode_by_count(
+            container, _video_stream(container, path), plan.indices, path, keep_before=MAX_UNDECODABLE_FRAMES
+        )
+    if decoded_count <= max(plan.indices):
+        missing = timeline.num_frames - decoded_count
+        if decoded_count == 0 or missing > MAX_UNDECODABLE_FRAMES:
+            raise VideoDecodeError(
+                f"{path}: the container lists {timeline.num_frames} video frames but only {decoded_count} "
+                "could be decoded; the file is truncated or corrupt"
+            )
+        # Trust the decoder's count and sample again, with the same random draws as a first, informed sampling.
+        timeline = timeline.truncated(decoded_count)
+        _restore_rng(generator, rng_state)
+        plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
+        if not set(plan.indices) <= kept.keys():
+            with _open(path) as container:
+                kept, decoded_count = _decode_by_count(
+                    container, _video_stream(container, path), plan.indices, path, keep_before=0
+                )
+            if decoded_count <= max(plan.indices):
+                raise VideoDecodeError(f"{path}: the number of decodable frames changed between two decodes")
+    frames = {i: kept[i].to_ndarray(format="rgb24") for i in set(plan.indices)}
+    return plan.result(frames, timeline, "sequential")
+
+
+def decode_all_frames(path: str | os.PathLike) -> np.ndarray:
+    """Decode every frame of a video, in order: ``uint8 [N, H, W, 3]``.
+
+    The simple, slow reference (memory grows with the video's length); :func:`read_video_frames` is what to use
+    for sampling. Raises :class:`VideoDecodeError` like it.
+    """
+    path = _check_path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        frames = []
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    frames.append(frame.to_ndarray(format="rgb24"))
+        except av.error.FFmpegError as err:
+            raise VideoDecodeError(f"{path}: decoding failed after {len(frames)} frames ({_describe(err)})") from err
+    if not frames:
+        raise VideoDecodeError(f"{path}: the video stream contains no decodable frame")
+    return _stack(frames, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Opening and indexing
+
+
+def _check_path(path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"a video path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VideoDecodeError(f"{path}: file not found")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(f"{path}: not a regular file")
+    return path
+
+
+def _check_clip_bounds(start, end) -> None:
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number of seconds or None, got {value!r}")
+    if start is not None and start < 0:
+        raise ValueError(f"start must be >= 0 seconds, got {start}")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"end ({end}) must be greater than start ({start})")
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def _open(path: str):
+    try:
+        return av.open(path, metadata_errors="ignore", timeout=_READ_TIMEOUT_S)
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(f"{path}: not a readable media file ({_describe(err)})") from err
+
+
+def _video_stream(container, path: str):
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoDecodeError(f"{path}: the file has no video stream (streams: {', '.join(kinds)})")
+    return container.streams.video[0]
+
+
+@dataclass
+class _Timeline:
+    """Every frame of the stream (up to where indexing stopped), from one demux pass without decoding.
+
+    ``pts`` are sorted (presentation order), so frame ``i`` has timestamp ``pts[i]``. ``keyframe_pts`` and
+    ``decode_position`` (packet number in decode order, per pts) drive seeking. Without usable timestamps
+    (``pts is None``), times come from the frame rate and only the sequential decode is used.
+    """
+
+    num_frames: int
+    pts: list[int] | None
+    seconds: list[float]
+    keyframe_pts: list[int]
+    decode_position: dict[int, int]
+    timestamps_trusted: bool
+    reached_end: bool
+
+    def truncated(self, num_frames: int) -> "_Timeline":
+        """The same timeline with only its first ``num_frames`` frames (the ones that decode)."""
+        return _Timeline(
+            num_frames=num_frames,
+            pts=None if self.pts is None else self.pts[:num_frames],
+            seconds=self.seconds[:num_frames],
+            keyframe_pts=self.keyframe_pts,
+            decode_position=self.decode_position,
+            timestamps_trusted=False,
+            reached_end=self.reached_end,
+        )
+
+
+def _index_stream(container, stream, path: str, end: float | None) -> _Timeline:
+    """Demux (no decoding) the video packets, up to the clip's end when one is given."""
+    time_base = stream.time_base
+    entries = []  # (pts, dts, is_keyframe) in decode order
+    end_pts = None
+    reached_end = True
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the empty packet PyAV appends at the end to flush the decoder
+                continue
+            if end_pts is None and end is not None and entries and entries[0][0] is not None and time_base:
+                end_pts = entries[0][0] + math.ceil(end / time_base) + 1
+            if end_pts is not None and packet.dts is not None and packet.dts > end_pts and len(entries) > 1:
+                # decode timestamps only grow and pts >= dts: no later packet can be shown before `end`
+                reached_end = False
+                break
+            entries.append((packet.pts, packet.dts, bool(packet.is_keyframe)))
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(
+            f"{path}: reading the video stream failed after {len(entries)} packets ({_describe(err)}); "
+            "the file is truncated or corrupt"
+        ) from err
+    if not entries:
+        raise VideoDecodeError(f"{path}: the video stream contains no frame")
+
+    all_pts = [e[0] for e in entries]
+    has_pts = all(p is not None for p in all_pts) and len(set(all_pts)) == len(all_pts)
+    if has_pts:
+        pts_sorted = sorted(all_pts)
+        first = pts_sorted[0]
+        seconds = [float((p - first) * time_base) for p in pts_sorted]
+        in_decode_order = all(a < b for a, b in zip(all_pts, all_pts[1:]))
+        # A stream whose codec reorders frames (B-frames) but whose packets carry pts == dts (some muxers do
+        # this) has timestamps that do not give the display order: only counting decoded frames is right then.
+        reorders = bool(getattr(stream.codec_context, "has_b_frames", 0))
+        trusted = not (in_decode_order and reorders) and len(entries) > 1
+        return _Timeline(
+            num_frames=len(entries),
+            pts=pts_sorted,
+            seconds=seconds,
+            keyframe_pts=sorted(e[0] for e in entries if e[2]),
+            decode_position={e[0]: i for i, e in enumerate(entries)},
+            timestamps_trusted=trusted,
+            reached_end=reached_end,
+        )
+    rate = stream.average_rate or stream.guessed_rate
+    seconds = [i / float(rate) for i in range(len(entries))] if rate else []
+    return _Timeline(len(entries), None, seconds, [], {}, False, reached_end)
+
+
+@dataclass
+class _SamplingPlan:
+    """Which frames to return: the clip range and the sampled indices (global, presentation order)."""
+
+    indices: list[int]
+    clip_range: tuple[int, int]
+
+    @classmethod
+    def make(cls, timeline: _Timeline, num_frames, mode, start, end, generator, path) -> "_SamplingPlan":
+        first, last = _clip_range(timeline, start, end, path)
+        local = sample_frame_indices(last - first + 1, num_frames, mode, generator)
+        return cls([first + i for i in local], (first, last))
+
+    def result(self, frames: dict[int, np.ndarray], timeline: _Timeline, decode_path: str) -> VideoSample:
+        rows = [frames[i] for i in self.indices]  # repeated indices share one decoded frame
+        return VideoSample(
+            frames=_stack(rows, ""),
+            indices=list(self.indices),
+            num_video_frames=timeline.num_frames,
+            clip_range=self.clip_range,
+            timestamps=[timeline.seconds[i] for i in self.indices] if timeline.seconds else [],
+            decode_path=decode_path,
+        )
+
+
+def _clip_range(timeline: _Timeline, start, end, path) -> tuple[int, int]:
+    """First and last frame shown during ``[start, end)`` seconds; the whole video when both are None."""
+    last = timeline.num_frames - 1
+    if start is None and end is None:
+        return 0, last
+    seconds = timeline.seconds
+    if not seconds:
+        raise VideoDecodeError(f"{path}: cannot cut a clip: the video has neither timestamps nor a frame rate")
+    first_index = 0
+    if start is not None:
+        # the frame on screen at `start` is the last one whose timestamp is <= start
+        first_index = max(bisect.bisect_right(seconds, start + _TIME_EPS) - 1, 0)
+        if timeline.reached_end and first_index == last:
+            frame_duration = seconds[-1] - seconds[-2] if len(seconds) > 1 else 0.0
+            if start >= seconds[-1] + frame_duration - _TIME_EPS and start > 0:
+                raise VideoDecodeError(
+                    f"{path}: the clip starts at {start:.3f} s but the video ends at "
+                    f"{seconds[-1] + frame_duration:.3f} s"
+                )
+    last_index = last
+    if end is not None:
+        last_index = max(bisect.bisect_left(seconds, end - _TIME_EPS) - 1, first_index)
+    return first_index, last_index
+
+
+def _restore_rng(generator, state) -> None:
+    if generator is not None:
+        generator.set_state(state)
+    else:
+        torch.set_rng_state(state)
+
+
+def _stack(frames: list[np.ndarray], path: str) -> np.ndarray:
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise VideoDecodeError(f"{path}: the frame size changes inside the video ({sorted(shapes)})")
+    return np.stack(frames)  # [T, H, W, 3]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding
+
+
+class _FallBack(Exception):
+    """The timestamp-driven decode cannot be trusted for this file; decode again sequentially."""
+
+
+def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[int]) -> dict[int, np.ndarray]:
+    """Decode the target frames, identified by their timestamps; seek and skip where that saves work.
+
+    Returns index -> RGB array for every distinct index. Raises _FallBack when the stream does not behave
+    (out-of-order timestamps, a seek that lands past its target, a target that never comes out, a decoder error).
+    """
+    rank_of_pts = {p: i for i, p in enumerate(timeline.pts)}
+    remaining = sorted(set(indices))  # target ranks still to decode, ascending
+    remaining_pts = {timeline.pts[i] for i in remaining}
+    codec = stream.codec_context
+    frames: dict[int, np.ndarray] = {}
+    packets = None
+    position = None  # decode position (packet number) after the last packet sent; None right after a seek
+    last_rank = seek_rank = -1
+    skip_mode = "DEFAULT"
+    try:
+        while remaining:
+            keyframe = _keyframe_before(timeline, timeline.pts[remaining[0]])
+            keyframe_position = timeline.decode_position[keyframe]
+            if packets is None or (position is not None and keyframe_position - position >= SEEK_MIN_SKIPPED_PACKETS):
+                container.seek(keyframe, stream=stream, backward=True)
+                packets = container.demux(stream)
+                position, last_rank, seek_rank = None, -1, rank_of_pts[keyframe]
+            packet = next(packets, None)
+            if packet is None:
+                raise _FallBack("the stream ended before every target frame was decoded")
+            if packet.size:
+                packet_position = timeline.decode_position.get(packet.pts)
+                if packet_position is None:
+                    raise _FallBack("a packet has a timestamp the index did not list")
+                if position is None and packet_position > keyframe_position:
+                    raise _FallBack("the seek landed after the keyframe it aimed at")
+                position = packet_position + 1
+                # Non-reference frames that are not targets are skipped: no other frame depends on them.
+                mode = "DEFAULT" if packet.pts in remaining_pts else "NONREF"
+                if mode != skip_mode:
+                    codec.skip_frame = mode
+                    skip_mode = mode
+            for frame in packet.decode():
+                rank = rank_of_pts.get(frame.pts)
+                if rank is None:
+                    raise _FallBack("the decoder produced a frame with an unknown timestamp")
+                if rank < seek_rank:
+                    continue  # a leading frame of an open GOP, shown before the keyframe we seeked to
+                if rank <= last_rank:
+                    raise _FallBack("the decoder produced frames out of timestamp order")
+                last_rank = rank
+                if frame.pts in remaining_pts:
+                    frames[rank] = frame.to_ndarray(format="rgb24")
+                    remaining_pts.discard(frame.pts)
+                    remaining.remove(rank)
+    except av.error.FFmpegError as err:
+        raise _FallBack(_describe(err)) from err
+    finally:
+        if skip_mode != "DEFAULT":
+            codec.skip_frame = "DEFAULT"
+    return frames
+
+
+def _keyframe_before(timeline: _Timeline, pts: int) -> int:
+    """The pts of the last keyframe shown at or before ``pts`` (the first keyframe if none is)."""
+    position = bisect.bisect_right(timeline.keyframe_pts, pts) - 1
+    if position < 0:
+        raise _FallBack("no keyframe before the target frame")
+    return timeline.keyframe_pts[position]
+
+
+def _decode_by_count(container, stream, indices: list[int], path: str, keep_before: int):
+    """Decode from the first frame, counting frames as they come out; stop after the last target.
+
+    Keeps (undecoded to RGB, as PyAV frames) every frame whose index lies within ``keep_before`` frames before a
+    target, the targets included. Returns ``(kept, count)``; ``count <= max(indices)`` means the stream ended
+    first, and ``count`` is then the number of frames it decodes to.
+    """
+    keep = {i - back for i in indices for back in range(keep_before + 1) if i - back >= 0}
+    last_target = max(indices)
+    kept = {}
+    count = 0
+    try:
+        for packet in container.demux(stream):
+            for frame in packet.decode():
+                if count in keep:
+                    kept[count] = frame
+                count += 1
+                if count > last_target:
+                    return kept, count
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(
+            f"{path}: decoding failed after {count} frames ({_describe(err)}); the file is corrupt or truncated"
+        ) from err
+    return kept, count
