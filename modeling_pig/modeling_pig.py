@@ -1,0 +1,704 @@
+"""PIG: Hybrid-Tower text-to-video retrieval (ICCV 2025) on Hugging Face CLIP.
+
+Method specification: docs/pig-method.md (section numbers "§" below refer to it); module map: docs/model.md.
+
+Video side (offline, one vector per video):
+    pixel_values [B, T, 3, H, W]
+      -> ViP tower (§2): CLIP's vision transformer over [video CLS, proxies, T x (frame-CLS + P patches)]
+         with the proxy-guided attention pattern, computed block-wise (no S x S mask)
+      -> ITS (§3): top-k patches by the last layer's video-CLS attention (parameter-free)
+      -> pseudo-query generator (§4): causal copy of CLIP's text transformer over
+         [bos, CLS, proxies, frame-CLS x T, ITS top-k, eos] -> pseudo-query at the eos slot
+      -> pseudo interaction (§5): pseudo-query attends [CLS, proxies, frame-CLS] -> the video embedding
+Text side (online): CLIP's text tower, unchanged.
+
+Baselines in the same class: `use_pseudo_query=False` is CLIP-ViP (video embedding = projected video CLS) and
+`video_tower="meanp"` is CLIP4Clip meanP.
+
+This file must import only `torch`, `transformers` and relative modules: it is copied next to saved checkpoints
+so that `AutoModel.from_pretrained(dir, trust_remote_code=True)` works without this package installed.
+"""
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, CLIPConfig, CLIPModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer, CLIPVisionEmbeddings
+from transformers.utils import ModelOutput
+
+from .configuration_pig import PIGConfig
+
+# ---------------------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class PIGOutput(ModelOutput):
+    r"""Output of [`PIGModel.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
+            `contrastive_loss + generation_loss_weight * generation_loss` (§6.2), over the global batch when
+            torch.distributed is initialised.
+        contrastive_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Symmetric InfoNCE, the two directions summed (§10 row 11).
+        generation_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            `mean(2 - 2 cos(pseudo_query, text))` (§4.3), unweighted; `None` for the baselines.
+        logits_per_text (`torch.FloatTensor` of shape `(n_text, n_video)`):
+            `exp(logit_scale) * cos(text, video)` for this process's inputs.
+        logits_per_video (`torch.FloatTensor` of shape `(n_video, n_text)`):
+            The transpose of `logits_per_text`.
+        text_embeds (`torch.FloatTensor` of shape `(n_text, projection_dim)`):
+            L2-normalised text embeddings (float32).
+        video_embeds (`torch.FloatTensor` of shape `(n_video, projection_dim)`):
+            L2-normalised video embeddings (float32): the pseudo-interaction output for PIG, the projected video
+            CLS for CLIP-ViP, the mean frame embedding for meanP.
+        pseudo_query_embeds (`torch.FloatTensor` of shape `(n_video, projection_dim)`, *optional*):
+            L2-normalised pseudo-queries (float32); `None` for the baselines.
+    """
+
+    loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    generation_loss: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    logits_per_video: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    video_embeds: torch.FloatTensor | None = None
+    pseudo_query_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class PIGVideoOutput(BaseModelOutputWithPooling):
+    r"""Output of [`PIGModel.get_video_features`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, sequence, vision_hidden)`):
+            Last vision layer, before CLIP's post-LN. ViP: `sequence = M + T * (1 + P)` in the §2.3 layout.
+            meanP: the frames' sequences one after the other (`T * (1 + P)`).
+        pooler_output (`torch.FloatTensor` of shape `(batch, projection_dim)`):
+            The video embedding, not normalised: the vector to store for retrieval.
+        pseudo_query_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`, *optional*):
+            The generator's pseudo-query `t_p` (not normalised); `None` for the baselines.
+        informative_token_indices (`torch.LongTensor` of shape `(batch, its_top_k)`, *optional*):
+            Positions (in `last_hidden_state`) of the ITS tokens, in descending score order.
+    """
+
+    pseudo_query_embeds: torch.FloatTensor | None = None
+    informative_token_indices: torch.LongTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------- losses
+
+
+def gather_features(*features: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """All-gather `[n_local, ...]` tensors from every process, with gradients, concatenated in rank order.
+
+    The one place where PIG talks to torch.distributed. Without an initialised process group (or with one
+    process) the inputs come back unchanged. `None` entries pass through. The backward of the gather sums the
+    gradients that every process's loss sends to this process's rows; with DDP's gradient averaging this gives
+    exactly the gradient of the loss over the global batch (§6.2).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return features
+    if torch.distributed.get_world_size() == 1:
+        return features
+    from torch.distributed.nn.functional import all_gather
+
+    return tuple(None if feature is None else torch.cat(all_gather(feature), dim=0) for feature in features)
+
+
+def contrastive_loss(text_embeds: torch.Tensor, video_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with the two directions summed, not averaged (§6.2, §10 row 11).
+
+    Args:
+        text_embeds: `[N, D]` L2-normalised; row i is the caption of video i.
+        video_embeds: `[N, D]` L2-normalised.
+        logit_scale: scalar, already exponentiated (the temperature's inverse).
+    """
+    logits_per_text = logit_scale * text_embeds @ video_embeds.t()  # [N, N]
+    labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    return F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.t(), labels)
+
+
+def generation_loss(pseudo_query_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """Reconstruction loss `mean_i(2 - 2 cos(t_p,i, t_i))` (§4.3): squared L2 between unit vectors.
+
+    Args:
+        pseudo_query_embeds: `[N, D]` generator outputs (any norm).
+        text_embeds: `[N, D]` caption embeddings (any norm), the targets.
+    """
+    cosine = (F.normalize(pseudo_query_embeds, dim=-1) * F.normalize(text_embeds, dim=-1)).sum(dim=-1)  # [N]
+    return (2.0 - 2.0 * cosine).mean()
+
+
+# --------------------------------------------------------------------------------------------------- ViP tower (§2)
+
+
+class PIGViPEmbeddings(nn.Module):
+    """The new parameters of the ViP tower (§2.2) and the token layout of §2.3.
+
+    CLIP's own patch, class and position embeddings are passed in at call time (they stay under `clip.`):
+    this module holds only `proxy_tokens` [N, D] (std-1 init, §10 row 17), the shared `frame_cls` [D]
+    (a copy of CLIP's class embedding, §10 row 12) and `temporal_embedding` [1, num_frames, D] (zeros).
+    """
+
+    def __init__(self, config: PIGConfig):
+        super().__init__()
+        hidden_size = config.clip_config.vision_config.hidden_size
+        self.proxy_tokens = nn.Parameter(torch.empty(config.num_proxy_tokens, hidden_size))
+        self.frame_cls = nn.Parameter(torch.empty(hidden_size))
+        self.temporal_embedding = nn.Parameter(torch.zeros(1, config.num_frames, hidden_size))
+
+    def temporal_table(self, num_frames: int) -> torch.Tensor:
+        """`[num_frames, D]`: the table itself, or its linear interpolation along time for another frame count."""
+        table = self.temporal_embedding  # [1, T0, D]
+        if num_frames != table.shape[1]:
+            table = F.interpolate(table.transpose(1, 2), size=num_frames, mode="linear").transpose(1, 2)
+        return table[0]
+
+    def forward(self, pixel_values: torch.Tensor, clip_embeddings: CLIPVisionEmbeddings) -> torch.Tensor:
+        """`[B, T, 3, H, W]` -> `[B, M + T * (1 + P), D]` (before CLIP's pre-LN)."""
+        batch, num_frames = pixel_values.shape[:2]
+        frames = pixel_values.flatten(0, 1).to(clip_embeddings.patch_embedding.weight.dtype)  # [B*T, 3, H, W]
+        patches = clip_embeddings.patch_embedding(frames).flatten(2).transpose(1, 2)  # [B*T, P, D]
+        num_patches, hidden = patches.shape[1:]
+        positions = clip_embeddings.position_embedding.weight  # [1 + P, D]
+        temporal = self.temporal_table(num_frames)  # [T, D]
+
+        patches = patches.view(batch, num_frames, num_patches, hidden) + positions[1:] + temporal[:, None]
+        frame_cls = (self.frame_cls + positions[0] + temporal)[None, :, None].expand(batch, -1, -1, -1)  # [B,T,1,D]
+        frames = torch.cat([frame_cls.to(patches.dtype), patches], dim=2)  # [B, T, 1 + P, D]
+        frames = frames.reshape(batch, num_frames * (1 + num_patches), hidden)  # [B, T*L, D]
+
+        global_tokens = torch.cat([clip_embeddings.class_embedding[None], self.proxy_tokens], dim=0) + positions[0]
+        global_tokens = global_tokens[None].expand(batch, -1, -1).to(frames.dtype)  # [B, M, D]
+        return torch.cat([global_tokens, frames], dim=1)  # [B, M + T*L, D]
+
+
+def vip_encoder_layer_forward(
+    layer: CLIPEncoderLayer,
+    hidden_states: torch.Tensor,
+    num_global_tokens: int,
+    num_frames: int,
+    return_cls_attention: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One CLIP encoder layer with the ViP attention pattern (§2.4), computed block-wise with CLIP's weights.
+
+    Global queries (the first `num_global_tokens`) attend all S tokens: one SDPA call. The frame queries are
+    batched as `B * T` sequences whose keys are `[globals, own frame]`: a second SDPA call. This equals full
+    attention with the additive mask `allowed[q, k] = q < M or k < M or frame(q) == frame(k)` without ever
+    building an S x S matrix (S = 2,368 at B/16). Everything else is CLIP's pre-LN block.
+
+    Args:
+        layer: a `CLIPEncoderLayer` of CLIP's vision encoder (weights and names stay CLIP's).
+        hidden_states: `[B, S, D]` with `S = M + T * L`.
+        return_cls_attention: also return the video CLS query's post-softmax attention over all S tokens,
+            `[B, heads, S]` (no gradient), which ITS reads from the last layer (§3).
+    """
+    batch, seq_len, hidden = hidden_states.shape
+    attention = layer.self_attn
+    heads, head_dim = attention.num_heads, attention.head_dim
+    num_global = num_global_tokens
+    tokens_per_frame = (seq_len - num_global) // num_frames
+    dropout = attention.dropout if layer.training else 0.0
+
+    residual = hidden_states
+    normed = layer.layer_norm1(hidden_states)
+    query = attention.q_proj(normed).view(batch, seq_len, heads, head_dim)
+    key = attention.k_proj(normed).view(batch, seq_len, heads, head_dim)
+    value = attention.v_proj(normed).view(batch, seq_len, heads, head_dim)
+
+    # Global queries over all keys.
+    global_query = query[:, :num_global].transpose(1, 2)  # [B, H, M, hd]
+    all_keys, all_values = key.transpose(1, 2), value.transpose(1, 2)  # [B, H, S, hd]
+    global_out = F.scaled_dot_product_attention(
+        global_query, all_keys, all_values, dropout_p=dropout, scale=attention.scale
+    )  # [B, H, M, hd]
+    global_out = global_out.transpose(1, 2).reshape(batch, num_global, hidden)  # [B, M, D]
+
+    # Frame queries over [globals, own frame], one sequence per (video, frame).
+    def per_frame(tensor):  # [B, S, H, hd] -> [B*T, H, L, hd]
+        tensor = tensor[:, num_global:].reshape(batch, num_frames, tokens_per_frame, heads, head_dim)
+        return tensor.permute(0, 1, 3, 2, 4).reshape(batch * num_frames, heads, tokens_per_frame, head_dim)
+
+    def globals_per_frame(tensor):  # [B, S, H, hd] -> [B*T, H, M, hd]
+        tensor = tensor[:, :num_global].transpose(1, 2)[:, None]  # [B, 1, H, M, hd]
+        return tensor.expand(-1, num_frames, -1, -1, -1).reshape(batch * num_frames, heads, num_global, head_dim)
+
+    frame_keys = torch.cat([globals_per_frame(key), per_frame(key)], dim=2)  # [B*T, H, M+L, hd]
+    frame_values = torch.cat([globals_per_frame(value), per_frame(value)], dim=2)  # [B*T, H, M+L, hd]
+    frame_out = F.scaled_dot_product_attention(
+        per_frame(query), frame_keys, frame_values, dropout_p=dropout, scale=attention.scale
+    )  # [B*T, H, L, hd]
+    frame_out = frame_out.view(batch, num_frames, heads, tokens_per_frame, head_dim).permute(0, 1, 3, 2, 4)
+    frame_out = frame_out.reshape(batch, num_frames * tokens_per_frame, hidden)  # [B, T*L, D]
+
+    attn_out = attention.out_proj(torch.cat([global_out, frame_out], dim=1))  # [B, S, D]
+    hidden_states = residual + attn_out
+    hidden_states = hidden_states + layer.mlp(layer.layer_norm2(hidden_states))
+
+    cls_attention = None
+    if return_cls_attention:
+        with torch.no_grad():
+            # The video CLS is a global query, so its row is unmasked: a softmax over all S keys (§11).
+            cls_query = global_query[:, :, :1].float()  # [B, H, 1, hd]
+            scores = (cls_query @ all_keys.float().transpose(-1, -2)) * attention.scale  # [B, H, 1, S]
+            cls_attention = scores.softmax(dim=-1)[:, :, 0]  # [B, H, S]
+    return hidden_states, cls_attention
+
+
+# ------------------------------------------------------------------------------------------------------ ITS (§3)
+
+
+def select_informative_tokens(
+    cls_attention: torch.Tensor,
+    num_global_tokens: int,
+    num_frames: int,
+    top_k: int,
+    head_reduction: str = "max",
+) -> torch.LongTensor:
+    """Informativeness Token Selector (§3): the `top_k` patch positions the video CLS attends to most.
+
+    Args:
+        cls_attention: `[B, heads, S]` post-softmax attention of the video CLS in the last layer.
+        head_reduction: `"max"` (paper) or `"mean"` over heads.
+    Returns:
+        `[B, top_k]` positions into the §2.3 sequence, patches only (globals and frame-CLS excluded), pooled over
+        all frames, in descending score order. Hard selection: no gradient flows through it.
+    """
+    with torch.no_grad():
+        if head_reduction == "max":
+            scores = cls_attention.amax(dim=1)  # [B, S]
+        elif head_reduction == "mean":
+            scores = cls_attention.mean(dim=1)
+        else:
+            raise ValueError(f"its_head_reduction must be 'max' or 'mean', got {head_reduction!r}")
+        seq_len = scores.shape[1]
+        tokens_per_frame = (seq_len - num_global_tokens) // num_frames
+        candidate = torch.ones(seq_len, dtype=torch.bool, device=scores.device)
+        candidate[:num_global_tokens] = False
+        candidate[num_global_tokens::tokens_per_frame] = False  # frame-CLS positions M + f*L
+        scores = scores.masked_fill(~candidate, float("-inf"))
+        return scores.topk(top_k, dim=-1, sorted=True).indices  # [B, k]
+
+
+# ------------------------------------------------------------------------------------ pseudo-query generator (§4)
+
+
+class PIGPseudoQueryGenerator(nn.Module):
+    """Causal copy of CLIP's text transformer that turns video tokens into one pseudo-query (§4).
+
+    Parameters (under `generator.`): `video_mapper` (Linear projection_dim -> text width), `bos_embedding` /
+    `eos_embedding` (slots initialised from CLIP's `<|startoftext|>` / `<|endoftext|>` token rows; trainable unless
+    `learnable_bos_eos=False`), `position_embedding`, `encoder.layers.*` and `final_layer_norm` (CLIP text names),
+    `text_projection` (copy of CLIP's, if `generator_output_projection`). No token-embedding table (§10 row 18).
+    """
+
+    def __init__(self, config: PIGConfig, text_config):
+        super().__init__()
+        width = text_config.hidden_size
+        projection_dim = config.clip_config.projection_dim
+        self.text_config = text_config  # for the causal-mask helper (attention implementation)
+        self.video_mapper = nn.Linear(projection_dim, width)
+        if config.learnable_bos_eos:
+            self.bos_embedding = nn.Parameter(torch.empty(width))
+            self.eos_embedding = nn.Parameter(torch.empty(width))
+        else:
+            self.register_buffer("bos_embedding", torch.empty(width))
+            self.register_buffer("eos_embedding", torch.empty(width))
+        self.position_embedding = nn.Embedding(text_config.max_position_embeddings, width)
+        self.encoder = CLIPEncoder(text_config)
+        self.final_layer_norm = nn.LayerNorm(width, eps=text_config.layer_norm_eps)
+        self.text_projection = (
+            nn.Linear(width, projection_dim, bias=False) if config.generator_output_projection else None
+        )
+
+    def clip_weight_pairs(self, clip: CLIPModel, bos_token_id: int, eos_token_id: int):
+        """`(generator tensor, CLIP tensor)` pairs: the copy that initialises the generator from CLIP's text tower."""
+        text = clip.text_model
+        modules = [
+            (self.encoder, text.encoder),
+            (self.final_layer_norm, text.final_layer_norm),
+            (self.position_embedding, text.embeddings.position_embedding),
+        ]
+        if self.text_projection is not None:
+            modules.append((self.text_projection, clip.text_projection))
+        pairs = []
+        for target, source in modules:
+            source_params = dict(source.named_parameters())
+            pairs.extend((param, source_params[name]) for name, param in target.named_parameters())
+        token_table = text.embeddings.token_embedding.weight
+        pairs.append((self.bos_embedding, token_table[bos_token_id]))
+        pairs.append((self.eos_embedding, token_table[eos_token_id]))
+        return pairs
+
+    def forward(self, video_tokens: torch.Tensor) -> torch.Tensor:
+        """`[B, n, projection_dim]` tokens in the order [CLS, proxies, frame-CLS, ITS] -> pseudo-query `[B, dim]`."""
+        mapped = self.video_mapper(video_tokens)  # [B, n, W]
+        batch = mapped.shape[0]
+        bos = self.bos_embedding.to(mapped.dtype).expand(batch, 1, -1)
+        eos = self.eos_embedding.to(mapped.dtype).expand(batch, 1, -1)
+        sequence = torch.cat([bos, mapped, eos], dim=1)  # [B, n + 2, W]
+        positions = torch.arange(sequence.shape[1], device=sequence.device)
+        sequence = sequence + self.position_embedding(positions)
+        causal_mask = create_causal_mask(
+            config=self.text_config, inputs_embeds=sequence, attention_mask=None, past_key_values=None
+        )  # None under SDPA (is_causal is used instead)
+        hidden = self.encoder(inputs_embeds=sequence, attention_mask=causal_mask, is_causal=True).last_hidden_state
+        pseudo_query = self.final_layer_norm(hidden[:, -1])  # the [eos] slot, [B, W]
+        if self.text_projection is not None:
+            pseudo_query = self.text_projection(pseudo_query)  # [B, projection_dim]
+        return pseudo_query
+
+
+# --------------------------------------------------------------------------------------- pseudo interaction (§5)
+
+
+class PIGIdentityInitLinear(nn.Linear):
+    """A Linear layer whose weight starts as the identity and bias as zero (the pseudo interaction's init, §5)."""
+
+
+class PIGPseudoInteraction(nn.Module):
+    """One-layer, one-head X-Pool cross-attention: the pseudo-query attends the video's global tokens (§5).
+
+    `q = Wq LN1(t_p)`, `K, V = Wk, Wv LN1(tokens)` (the same LN1), `a = softmax(K q / sqrt(d) / temp)`,
+    `o = LN2(Wo a V)`, `v = LN3(o + Dropout(W_lin o))`. No residual from `t_p`: the output depends on the
+    pseudo-query only through the attention weights and the query.
+    """
+
+    def __init__(self, config: PIGConfig):
+        super().__init__()
+        dim = config.clip_config.projection_dim
+        self.attn_temp = config.interaction_attn_temp
+        self.layer_norm1 = nn.LayerNorm(dim)
+        self.q_proj = PIGIdentityInitLinear(dim, dim)
+        self.k_proj = PIGIdentityInitLinear(dim, dim)
+        self.v_proj = PIGIdentityInitLinear(dim, dim)
+        self.out_proj = PIGIdentityInitLinear(dim, dim)
+        self.layer_norm2 = nn.LayerNorm(dim)
+        self.linear_proj = PIGIdentityInitLinear(dim, dim)
+        self.dropout = nn.Dropout(config.interaction_dropout)
+        self.layer_norm3 = nn.LayerNorm(dim)
+
+    def forward(self, pseudo_query: torch.Tensor, video_tokens: torch.Tensor) -> torch.Tensor:
+        """`[B, D]` pseudo-queries and `[B, n, D]` tokens of the same videos -> video embeddings `[B, D]`."""
+        query = self.q_proj(self.layer_norm1(pseudo_query))  # [B, D]
+        normed_tokens = self.layer_norm1(video_tokens)
+        key, value = self.k_proj(normed_tokens), self.v_proj(normed_tokens)  # [B, n, D]
+        logits = torch.einsum("bd,bnd->bn", query, key) / math.sqrt(query.shape[-1]) / self.attn_temp  # [B, n]
+        weights = logits.softmax(dim=-1)
+        attended = torch.einsum("bn,bnd->bd", weights, value)  # [B, D]
+        attended = self.layer_norm2(self.out_proj(attended))
+        return self.layer_norm3(attended + self.dropout(self.linear_proj(attended)))
+
+
+# ---------------------------------------------------------------------------------------------------- base model
+
+
+class PIGPreTrainedModel(PreTrainedModel):
+    """Weight init, checkpointing flags and the config class shared by PIG models."""
+
+    config: PIGConfig
+    config_class = PIGConfig
+    base_model_prefix = "clip"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Special inits of the new modules; CLIP's modules are initialised by CLIP's own `_init_weights`.
+
+        Only `transformers.initialization` functions are used: they skip tensors loaded from a checkpoint, so
+        loading never clobbers a value and a missing tensor gets its proper init (§10 rows 12, 17).
+        """
+        if isinstance(module, PIGViPEmbeddings):
+            init.normal_(module.proxy_tokens, mean=0.0, std=1.0)
+            init.zeros_(module.temporal_embedding)
+            init.copy_(module.frame_cls, self.clip.vision_model.embeddings.class_embedding)
+        elif isinstance(module, PIGPseudoQueryGenerator):
+            for target, source in module.clip_weight_pairs(
+                self.clip, self.config.generator_bos_token_id, self.config.generator_eos_token_id
+            ):
+                init.copy_(target, source)
+            # The authors' video_mapper is a plain nn.Linear: PyTorch's default init.
+            init.kaiming_uniform_(module.video_mapper.weight, a=math.sqrt(5))
+            bound = 1.0 / math.sqrt(module.video_mapper.in_features)
+            init.uniform_(module.video_mapper.bias, -bound, bound)
+        elif isinstance(module, PIGIdentityInitLinear):
+            init.eye_(module.weight)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+
+class PIGModel(PIGPreTrainedModel):
+    """PIG (Hybrid-Tower text-to-video retrieval) and its Two-Tower baselines, on a CLIP backbone.
+
+    Parameters: `clip.*` (CLIP's own names, so a CLIP checkpoint loads with no key surgery), `vip.*` (ViP tower
+    additions), `generator.*` (pseudo-query generator), `interaction.*` (pseudo interaction). The generator and
+    the interaction exist only with `use_pseudo_query=True`; `vip` only with `video_tower="vip"`.
+    """
+
+    def __init__(self, config: PIGConfig):
+        super().__init__(config)
+        config.check()
+        self.clip = CLIPModel._from_config(config.clip_config)
+        self.vip = PIGViPEmbeddings(config) if config.video_tower == "vip" else None
+        if config.use_pseudo_query:
+            self.generator = PIGPseudoQueryGenerator(config, self.clip.config.text_config)
+            self.interaction = PIGPseudoInteraction(config)
+        else:
+            self.generator = None
+            self.interaction = None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_clip(cls, pretrained_model_name_or_path, *, dtype=None, attn_implementation=None, **config_overrides):
+        """Build a PIG model from a CLIP checkpoint (a hub id or a local `CLIPModel.save_pretrained` folder).
+
+        CLIP's weights load into `clip.*` (both towers, projections). The new modules are then initialised from
+        them: the generator is a copy of the text transformer (layers, final LN, positions, `text_projection`),
+        its [bos]/[eos] slots are the token-embedding rows of the bos/eos ids, and the ViP frame-CLS is CLIP's
+        class embedding. The logit scale is reset to `logit_scale_init_value` (4.60, §2.2).
+
+        Args:
+            pretrained_model_name_or_path: CLIP checkpoint.
+            dtype, attn_implementation: passed to `from_pretrained`.
+            **config_overrides: `PIGConfig` fields (e.g. `num_frames=12`, `use_pseudo_query=False`).
+        """
+        clip_config = CLIPConfig.from_pretrained(pretrained_model_name_or_path)
+        config = PIGConfig(clip_config=clip_config.to_dict(), **config_overrides)
+        load_kwargs = {"config": config, "output_loading_info": True}
+        if dtype is not None:
+            load_kwargs["dtype"] = dtype
+        if attn_implementation is not None:
+            load_kwargs["attn_implementation"] = attn_implementation
+        model, info = cls.from_pretrained(pretrained_model_name_or_path, **load_kwargs)
+
+        new_prefixes = ("vip.", "generator.", "interaction.")
+        missing_clip = sorted(key for key in info["missing_keys"] if not key.startswith(new_prefixes))
+        problems = {"CLIP weights missing": missing_clip, "unexpected weights": sorted(info["unexpected_keys"]),
+                    "weights of the wrong shape": sorted(str(m) for m in info["mismatched_keys"])}
+        problems = {kind: keys for kind, keys in problems.items() if keys}
+        if problems:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!s} is not a CLIP checkpoint that matches its config: {problems}"
+            )
+        model.init_new_weights_from_clip_()
+        return model
+
+    @torch.no_grad()
+    def init_new_weights_from_clip_(self):
+        """Copy the current CLIP weights into the generator copy and the ViP frame-CLS; reset the logit scale.
+
+        `from_clip` calls this after loading CLIP (the same copies `_init_weights` makes at construction).
+        Never call it on a trained PIG model: it overwrites the generator.
+        """
+        if self.vip is not None:
+            self.vip.frame_cls.copy_(self.clip.vision_model.embeddings.class_embedding)
+        if self.generator is not None:
+            for target, source in self.generator.clip_weight_pairs(
+                self.clip, self.config.generator_bos_token_id, self.config.generator_eos_token_id
+            ):
+                target.copy_(source)
+        self.clip.logit_scale.fill_(self.config.logit_scale_init_value)
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self):
+        """Clamp the log-temperature to [0, logit_scale_max] in place; call after every optimiser step (§6.2)."""
+        self.clip.logit_scale.clamp_(0.0, self.config.logit_scale_max)
+
+    # -------------------------------------------------------------------------------------------- validation
+    def _check_pixel_values(self, pixel_values) -> torch.Tensor:
+        vision = self.config.clip_config.vision_config
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+        expected = f"[batch, frames, {vision.num_channels}, {vision.image_size}, {vision.image_size}]"
+        if pixel_values.dim() != 5:
+            raise ValueError(f"pixel_values must be 5-D {expected}, got shape {tuple(pixel_values.shape)}")
+        batch, frames, channels, height, width = pixel_values.shape
+        if channels != vision.num_channels or height != vision.image_size or width != vision.image_size:
+            raise ValueError(f"pixel_values must have shape {expected}, got {tuple(pixel_values.shape)}")
+        if batch == 0 or frames == 0:
+            raise ValueError(f"pixel_values needs at least one video and one frame, got {tuple(pixel_values.shape)}")
+        if self.config.use_pseudo_query and self.config.its_top_k > frames * self.config.num_patches_per_frame:
+            raise ValueError(
+                f"its_top_k={self.config.its_top_k} exceeds the {frames} * {self.config.num_patches_per_frame} "
+                f"patch tokens of pixel_values with {frames} frames"
+            )
+        return pixel_values
+
+    @staticmethod
+    def _check_text_inputs(input_ids, attention_mask):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a 2-D tensor [n_text, length], got {shape}")
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
+            )
+
+    # ------------------------------------------------------------------------------------------------ towers
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """CLIP text tower. Returns `BaseModelOutputWithPooling` with `.pooler_output` `[n_text, projection_dim]`
+        (projected EOT state, not normalised)."""
+        self._check_text_inputs(input_ids, attention_mask)
+        return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def encode_vip(self, pixel_values: torch.Tensor, return_cls_attention: bool = False):
+        """ViP vision tower (§2): `[B, T, 3, H, W]` -> last hidden state `[B, M + T*(1+P), D]` (before post-LN)
+        and, if asked, the last layer's video-CLS attention `[B, heads, S]` for ITS."""
+        vision = self.clip.vision_model
+        num_frames = pixel_values.shape[1]
+        hidden_states = vision.pre_layrnorm(self.vip(pixel_values, vision.embeddings))  # [B, S, D]
+        layers = vision.encoder.layers
+        cls_attention = None
+        for index, layer in enumerate(layers):
+            layer_forward = functools.partial(
+                vip_encoder_layer_forward,
+                layer,
+                num_global_tokens=self.config.num_global_tokens,
+                num_frames=num_frames,
+                return_cls_attention=return_cls_attention and index == len(layers) - 1,
+            )
+            if self.gradient_checkpointing and self.training:
+                hidden_states, cls_attention = self._gradient_checkpointing_func(layer_forward, hidden_states)
+            else:
+                hidden_states, cls_attention = layer_forward(hidden_states)
+        return hidden_states, cls_attention
+
+    def _project_tokens(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """CLIP's post-LN + visual projection, token-wise: `[..., D]` -> `[..., projection_dim]` (§2.5)."""
+        return self.clip.visual_projection(self.clip.vision_model.post_layernorm(hidden_states))
+
+    def get_video_features(self, pixel_values: torch.Tensor) -> PIGVideoOutput:
+        """Video tower. `pixel_values` `[n_video, T, 3, H, W]` -> `PIGVideoOutput` whose `.pooler_output`
+        `[n_video, projection_dim]` (not normalised) is the vector to store. It depends on the video only."""
+        pixel_values = self._check_pixel_values(pixel_values)
+        if self.config.video_tower == "meanp":
+            return self._meanp_video_features(pixel_values)
+
+        hidden_states, cls_attention = self.encode_vip(pixel_values, return_cls_attention=self.config.use_pseudo_query)
+        if not self.config.use_pseudo_query:  # CLIP-ViP: projected post-LN video CLS
+            return PIGVideoOutput(last_hidden_state=hidden_states, pooler_output=self._project_tokens(hidden_states[:, 0]))
+
+        num_global, num_frames = self.config.num_global_tokens, pixel_values.shape[1]
+        tokens_per_frame = 1 + self.config.num_patches_per_frame
+        informative = select_informative_tokens(
+            cls_attention, num_global, num_frames, self.config.its_top_k, self.config.its_head_reduction
+        )  # [B, k]
+        frame_cls_positions = num_global + tokens_per_frame * torch.arange(num_frames, device=hidden_states.device)
+        informative_states = hidden_states.gather(
+            1, informative[..., None].expand(-1, -1, hidden_states.shape[-1])
+        )  # [B, k, D]; gradients flow into the gathered features, not into the selection
+        selected = torch.cat(
+            [hidden_states[:, :num_global], hidden_states[:, frame_cls_positions], informative_states], dim=1
+        )  # [B, M + T + k, D]: [video CLS, proxies, frame-CLS x T, ITS top-k] (§4.2, the generator's order)
+        video_tokens = self._project_tokens(selected)  # [B, M + T + k, projection_dim]
+        pseudo_query = self.generator(video_tokens)  # [B, projection_dim]
+        video_embeds = self.interaction(pseudo_query, video_tokens[:, : num_global + num_frames])  # [B, proj]
+        return PIGVideoOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=video_embeds,
+            pseudo_query_embeds=pseudo_query,
+            informative_token_indices=informative,
+        )
+
+    def _meanp_video_features(self, pixel_values: torch.Tensor) -> PIGVideoOutput:
+        """CLIP4Clip meanP: plain CLIP per frame; mean of the L2-normalised projected frame embeddings."""
+        batch, num_frames = pixel_values.shape[:2]
+        frames_out = self.clip.vision_model(pixel_values=pixel_values.flatten(0, 1))  # B*T images
+        frame_embeds = self.clip.visual_projection(frames_out.pooler_output)  # [B*T, proj]
+        frame_embeds = F.normalize(frame_embeds, dim=-1).view(batch, num_frames, -1)  # [B, T, proj]
+        hidden = frames_out.last_hidden_state
+        return PIGVideoOutput(
+            last_hidden_state=hidden.reshape(batch, num_frames * hidden.shape[1], hidden.shape[2]),
+            pooler_output=frame_embeds.mean(dim=1),
+        )
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        return_loss: bool = False,
+    ) -> PIGOutput:
+        """Texts `[n_text, length]` and videos `[n_video, T, 3, H, W]` -> `PIGOutput`.
+
+        With `return_loss=True` (needs `n_text == n_video`, caption i belongs to video i) the loss is
+        `InfoNCE + generation_loss_weight * L_recon` over the global batch (features all-gathered with gradients
+        under torch.distributed). Loss math runs in float32, also under autocast.
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError(
+                "PIGModel.forward needs both input_ids and pixel_values; use get_text_features / "
+                "get_video_features for one side"
+            )
+        text_out = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        video_out = self.get_video_features(pixel_values=pixel_values)
+        n_text, n_video = text_out.pooler_output.shape[0], video_out.pooler_output.shape[0]
+        if return_loss and n_text != n_video:
+            raise ValueError(
+                f"return_loss=True needs one caption per video (caption i <-> video i), got {n_text} texts "
+                f"and {n_video} videos"
+            )
+
+        with torch.autocast(device_type=text_out.pooler_output.device.type, enabled=False):
+            text_embeds = F.normalize(text_out.pooler_output.float(), dim=-1)  # [n_text, proj]
+            video_embeds = F.normalize(video_out.pooler_output.float(), dim=-1)  # [n_video, proj]
+            pseudo_query_embeds = None
+            if video_out.pseudo_query_embeds is not None:
+                pseudo_query_embeds = F.normalize(video_out.pseudo_query_embeds.float(), dim=-1)
+            logit_scale = self.clip.logit_scale.float().clamp(0.0, self.config.logit_scale_max).exp()
+            logits_per_text = logit_scale * text_embeds @ video_embeds.t()  # [n_text, n_video]
+
+            loss = contrastive = reconstruction = None
+            if return_loss:
+                all_text, all_video, all_pseudo = gather_features(text_embeds, video_embeds, pseudo_query_embeds)
+                contrastive = contrastive_loss(all_text, all_video, logit_scale)
+                loss = contrastive
+                if all_pseudo is not None:
+                    target = all_text.detach() if self.config.detach_generation_target else all_text
+                    reconstruction = generation_loss(all_pseudo, target)
+                    loss = contrastive + self.config.generation_loss_weight * reconstruction
+
+        return PIGOutput(
+            loss=loss,
+            contrastive_loss=contrastive,
+            generation_loss=reconstruction,
+            logits_per_text=logits_per_text,
+            logits_per_video=logits_per_text.t(),
+            text_embeds=text_embeds,
+            video_embeds=video_embeds,
+            pseudo_query_embeds=pseudo_query_embeds,
+        )
+
+
+AutoModel.register(PIGConfig, PIGModel, exist_ok=True)
+PIGModel.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "PIGModel",
+    "PIGOutput",
+    "PIGPreTrainedModel",
+    "PIGVideoOutput",
+    "contrastive_loss",
+    "gather_features",
+    "generation_loss",
+    "select_informative_tokens",
+    "vip_encoder_layer_forward",
+]
