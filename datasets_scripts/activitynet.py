@@ -96,10 +96,9 @@ class ActivityNetCaptions(BenchmarkBuilder):
     @classmethod
     def split_files(cls, config, split, data_dir):
         caption_names, list_names = SPLIT_FILES[split]
-        return {
-            "captions": find_annotation_file(data_dir, caption_names, f"ActivityNet Captions {split} annotations"),
-            "list": find_annotation_file(data_dir, list_names, "", required=False),
-        }
+        captions = find_annotation_file(data_dir, caption_names, f"ActivityNet Captions {split} annotations")
+        return {"captions": captions,
+                "list": find_annotation_file(data_dir, list_names, "", required=False, near=captions)}
 
     def video_aliases(self, video_id):
         return other_spelling(video_id)

@@ -57,20 +57,23 @@ def base_features(**extra: datasets.features.features.FeatureType) -> datasets.F
 # --------------------------------------------------------------------------------------------------------------
 # annotation files
 
-def find_annotation_file(data_dir: str | os.PathLike, names: Sequence[str], what: str, required: bool = True
-                         ) -> Path | None:
+def find_annotation_file(data_dir: str | os.PathLike, names: Sequence[str], what: str, required: bool = True,
+                         near: str | os.PathLike | None = None) -> Path | None:
     """Find the first of `names` (canonical file names, in order of preference) under `data_dir`, recursively.
 
-    `data_dir` itself is tried first, then its sub-folders (sorted, so the answer is deterministic). Raises
-    `BenchmarkFileError` naming every accepted name when `required` and nothing matches; returns None otherwise.
+    The folder of `near` (e.g. the caption file a split list belongs with) is tried first, then `data_dir`
+    itself, then its sub-folders (sorted, so the answer is deterministic). Raises `BenchmarkFileError` naming
+    every accepted name when `required` and nothing matches; returns None otherwise.
     """
     root = Path(data_dir)
     if not root.is_dir():
         raise BenchmarkFileError(f"data_dir {str(root)!r} is not a folder (looking for {what}: {', '.join(names)})")
-    for name in names:
-        direct = root / name
-        if direct.is_file():
-            return direct.resolve()
+    folders = ([Path(near).parent] if near is not None else []) + [root]
+    for folder in folders:
+        for name in names:
+            direct = folder / name
+            if direct.is_file():
+                return direct.resolve()
     for name in names:
         hits = sorted(p for p in root.rglob(name) if p.is_file())
         if hits:
@@ -125,6 +128,26 @@ def select_by_list(annotated: dict[str, object], listed: list[str] | None, sourc
     if not selected:
         raise ValueError(f"{source}: none of the {len(listed)} listed ids has an annotation")
     return selected
+
+
+def rows_with_captions(ids: list[str], captions: dict[str, list[str]], source: str) -> list[dict]:
+    """One row per id (whole video) with all its captions, in the order of `ids`; ids without captions are an
+    error naming the first ones (the caption file does not belong with the split list)."""
+    absent = [video_id for video_id in ids if not captions.get(video_id)]
+    if absent:
+        raise ValueError(f"{source}: {len(absent)} of {len(ids)} split ids have no caption "
+                         f"(first: {', '.join(absent[:MAX_LISTED])})")
+    return [{"video_id": video_id, "captions": list(captions[video_id]), "start": None, "end": None}
+            for video_id in ids]
+
+
+def group_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """Group (video_id, caption) pairs by video in order of first appearance: [(video_id, [captions])].
+    Multi-caption sets stay whole and contiguous per video (explicit grouping, never set order)."""
+    grouped: dict[str, list[str]] = {}
+    for video_id, text in pairs:
+        grouped.setdefault(video_id, []).append(text)
+    return list(grouped.items())
 
 
 def files_fingerprint(paths: Iterable[str | os.PathLike]) -> str:

@@ -80,10 +80,9 @@ class DiDeMo(BenchmarkBuilder):
     @classmethod
     def split_files(cls, config, split, data_dir):
         prefix = SPLIT_PREFIX[split]
-        return {
-            "data": find_annotation_file(data_dir, (f"{prefix}_data.json",), f"DiDeMo {split} annotations"),
-            "list": find_annotation_file(data_dir, (f"{prefix}_list.txt",), "", required=False),
-        }
+        data = find_annotation_file(data_dir, (f"{prefix}_data.json",), f"DiDeMo {split} annotations")
+        return {"data": data,
+                "list": find_annotation_file(data_dir, (f"{prefix}_list.txt",), "", required=False, near=data)}
 
     def _rows_for_split(self, split, files):
         listed = read_id_list(files["list"]) if files["list"] is not None else None

@@ -20,7 +20,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from .common import BenchmarkBuilder, BenchmarkConfig, BenchmarkFileError, find_annotation_file, read_id_list
+from .common import (BenchmarkBuilder, BenchmarkConfig, BenchmarkFileError, find_annotation_file, group_pairs,
+                     read_id_list, rows_with_captions)
 
 CAPTION_FILES = ("MSRVTT_data.json", "MSR_VTT.json")
 OFFICIAL_CAPTION_FILES = ("train_val_videodatainfo.json", "test_videodatainfo.json")
@@ -86,25 +87,6 @@ def parse_msrvtt_captions(paths: list[str | os.PathLike]) -> dict[str, list[str]
                 raise ValueError(f"{path}: sentences[{index}] lacks 'video_id' or 'caption': {sentence!r}")
             captions[sentence["video_id"]].append(sentence["caption"].strip())
     return dict(captions)
-
-
-def group_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
-    """Group (video_id, caption) pairs by video in order of first appearance: [(video_id, [captions])].
-    Multi-caption test sets stay whole and contiguous per video (explicit grouping, not set order)."""
-    grouped: dict[str, list[str]] = {}
-    for video_id, text in pairs:
-        grouped.setdefault(video_id, []).append(text)
-    return list(grouped.items())
-
-
-def rows_with_captions(ids: list[str], captions: dict[str, list[str]], source: str) -> list[dict]:
-    """One row per id with all its captions; ids without captions are an error naming the first ones."""
-    absent = [video_id for video_id in ids if not captions.get(video_id)]
-    if absent:
-        raise ValueError(f"{source}: {len(absent)} of {len(ids)} split ids have no caption "
-                         f"(first: {', '.join(absent[:10])})")
-    return [{"video_id": video_id, "captions": list(captions[video_id]), "start": None, "end": None}
-            for video_id in ids]
 
 
 class MSRVTT(BenchmarkBuilder):
