@@ -1,0 +1,271 @@
+"""VideoIndex and the embedding engine: real videos, corrupt files, resume, save/load, exact vs FAISS."""
+
+import json
+import logging
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_pig.retrieval import (
+    BUILD_CHECKPOINT_DIR,
+    VideoIndex,
+    encode_texts,
+    encode_videos,
+    exact_search,
+    find_videos,
+    model_fingerprint,
+)
+
+# ----------------------------------------------------------------------------------------------------------
+# A small stand-in for PIGModel / PIGProcessor with the agreed interface (also used by test_evaluate.py):
+# video embedding = a fixed random projection of per-channel frame statistics, text embedding = bag of bytes.
+
+
+class FakeProcessor:
+    """`num_frames`, `__call__(text=..., videos=[uint8 [T, H, W, 3]])` like PIGProcessor, 8x8 frames."""
+
+    def __init__(self, num_frames=2):
+        self.num_frames = num_frames
+
+    def to_dict(self):
+        return {"num_frames": self.num_frames, "size": 8}
+
+    def __call__(self, text=None, videos=None, return_tensors="pt"):
+        out = {}
+        if text is not None:
+            ids = torch.zeros(len(text), 16, dtype=torch.long)
+            mask = torch.zeros(len(text), 16, dtype=torch.long)
+            for i, t in enumerate(text):
+                codes = list(t.encode())[:16]
+                ids[i, :len(codes)] = torch.tensor(codes)
+                mask[i, :len(codes)] = 1
+            out.update(input_ids=ids, attention_mask=mask)
+        if videos is not None:
+            stacked = []
+            for frames in videos:
+                assert frames.dtype == np.uint8 and frames.shape[0] == self.num_frames
+                h, w = frames.shape[1:3]
+                rows = np.linspace(0, h - 1, 8).astype(int)
+                cols = np.linspace(0, w - 1, 8).astype(int)
+                small = frames[:, rows][:, :, cols]  # [T, 8, 8, 3]
+                stacked.append(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 255.0)  # [T, 3, 8, 8]
+            out["pixel_values"] = torch.stack(stacked)
+        return out
+
+
+class FakeModel(torch.nn.Module):
+    def __init__(self, dim=8, seed=0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.video_proj = torch.nn.Parameter(torch.randn(3 * 8 * 8, dim, generator=generator))
+        self.token_emb = torch.nn.Parameter(torch.randn(256, dim, generator=generator))
+        self.video_calls = 0
+
+    def get_video_features(self, pixel_values):
+        self.video_calls += 1
+        pooled = pixel_values.mean(dim=1).flatten(1)  # [B, 3*8*8]
+        return types.SimpleNamespace(pooler_output=(pooled - pooled.mean(dim=1, keepdim=True)) @ self.video_proj)
+
+    def get_text_features(self, input_ids, attention_mask):
+        emb = self.token_emb[input_ids] * attention_mask[..., None]  # [B, L, D]
+        return types.SimpleNamespace(pooler_output=emb.sum(dim=1))
+
+
+@pytest.fixture
+def fake():
+    torch.manual_seed(0)
+    return FakeModel(), FakeProcessor()
+
+
+@pytest.fixture
+def videos_with_corrupt(shared_videos, tmp_path):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    # the three shortest real videos keep decoding time low
+    small = [v for v in shared_videos if v.name in ("single_face.mp4", "carphone_pristine.mp4", "bikes.mp4")]
+    return [str(p) for p in small] + [str(corrupt)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exact search and FAISS on random vectors
+
+
+def test_exact_search_matches_full_sort_across_chunks():
+    torch.manual_seed(0)
+    store = F.normalize(torch.randn(1000, 16), dim=-1).half()
+    queries = F.normalize(torch.randn(7, 16), dim=-1)
+    scores, indices = exact_search(store, queries, k=10, chunk_rows=64)
+    full = queries @ store.float().T  # [7, 1000]
+    expected = torch.topk(full, 10, dim=1)
+    np.testing.assert_array_equal(indices, expected.indices.numpy())
+    np.testing.assert_allclose(scores, expected.values.numpy(), rtol=1e-6)
+
+
+def test_exact_search_caps_k_and_breaks_ties_by_index():
+    store = torch.ones(3, 4)
+    scores, indices = exact_search(store, torch.ones(1, 4), k=10, chunk_rows=2)
+    assert indices.tolist() == [[0, 1, 2]] and scores.shape == (1, 3)
+
+
+@pytest.mark.parametrize("backend, params", [("ivf", {"nlist": 16, "nprobe": 16}), ("hnsw", {"ef_search": 128})])
+def test_faiss_backends_agree_with_exact_search(backend, params):
+    torch.manual_seed(0)
+    embeddings = F.normalize(torch.randn(3000, 32), dim=-1)
+    paths = [f"v{i}.mp4" for i in range(3000)]
+    index = VideoIndex(embeddings, paths, backend=backend, **params)
+    assert index.backend == backend
+    # nprobe == nlist scans every list: IVF is then exhaustive and must equal exact search
+    recall = index.measure_recall(num_queries=50, k=10)
+    assert recall >= (1.0 if backend == "ivf" else 0.9)
+    index.set_search_params(**({"nprobe": 1} if backend == "ivf" else {"ef_search": 10}))
+    assert index.measure_recall(num_queries=50, k=10) <= recall
+
+
+def test_auto_backend_switches_to_faiss_above_threshold():
+    embeddings = F.normalize(torch.randn(500, 8), dim=-1)
+    paths = [str(i) for i in range(500)]
+    assert VideoIndex(embeddings, paths, faiss_threshold=1000).backend == "exact"
+    big = VideoIndex(embeddings, paths, faiss_threshold=100)
+    assert big.backend == "ivf" and big.faiss_params["nlist"] >= 1
+    assert VideoIndex(embeddings, paths, faiss_threshold=100, backend="exact").backend == "exact"
+
+
+def test_search_by_embedding_returns_paths_and_scores():
+    embeddings = torch.eye(4)
+    index = VideoIndex(embeddings, ["a", "b", "c", "d"])
+    results = index.search(torch.tensor([[0.0, 0.9, 0.1, 0.0]]), k=2)
+    assert [p for p, _ in results[0]] == ["b", "c"]
+    assert results[0][0][1] == pytest.approx(0.9, abs=1e-3)
+    with pytest.raises(ValueError, match=r"queries must be \[Q, 4\]"):
+        index.search_embeddings(torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("backend", ["exact", "ivf"])
+def test_save_load_gives_identical_results(tmp_path, backend):
+    torch.manual_seed(1)
+    embeddings = F.normalize(torch.randn(400, 16), dim=-1)
+    index = VideoIndex(embeddings, [f"/videos/{i}.mp4" for i in range(400)], failed={"/x.mp4": "broken"},
+                       model_path="/models/m", model_fingerprint="abc", backend=backend)
+    index.save(tmp_path / "idx")
+    assert not (tmp_path / "idx" / "faiss.index").exists() or backend != "exact"
+    loaded = VideoIndex.load(tmp_path / "idx")
+    queries = F.normalize(torch.randn(5, 16), dim=-1)
+    assert loaded.backend == backend and loaded.paths == index.paths and loaded.failed == index.failed
+    assert loaded.model_path == "/models/m" and loaded.model_fingerprint == "abc"
+    assert torch.equal(loaded.embeddings, index.embeddings)
+    assert loaded.search(queries, k=7) == index.search(queries, k=7)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# embedding real videos
+
+
+def test_build_indexes_real_videos_and_reports_corrupt_file(fake, videos_with_corrupt, caplog):
+    model, processor = fake
+    with caplog.at_level(logging.WARNING, logger="modeling_pig.retrieval"):
+        index = VideoIndex.build(model, processor, videos_with_corrupt, batch_size=2, show_progress=False)
+    assert len(index) == 3 and index.paths == videos_with_corrupt[:3]
+    assert list(index.failed) == [videos_with_corrupt[3]]
+    assert "corrupt.mp4" in index.failed[videos_with_corrupt[3]]
+    assert "corrupt.mp4" in caplog.text
+    assert index.embeddings.dtype == torch.float16
+    assert torch.allclose(index.embeddings.float().norm(dim=-1), torch.ones(3), atol=1e-2)
+    # a video's vector comes from its own frames: searching with it returns that video first
+    for i, path in enumerate(index.paths):
+        assert index.search(index.embeddings[i:i + 1].float(), k=1)[0][0][0] == path
+    # text search goes through the text tower of the model that built the index
+    hits = index.search(["a man in a car"], k=2)[0]
+    expected = encode_texts(model, processor, ["a man in a car"], show_progress=False)[0] @ index.embeddings.float().T
+    assert hits[0][1] == pytest.approx(float(expected.max()), abs=1e-3)
+
+
+def test_embedding_ignores_batch_composition_and_workers(fake, videos_with_corrupt):
+    model, processor = fake
+    one = encode_videos(model, processor, videos_with_corrupt, batch_size=1, show_progress=False)
+    many = encode_videos(model, processor, videos_with_corrupt, batch_size=4, num_workers=2, show_progress=False)
+    assert one.positions == many.positions == [0, 1, 2] and list(one.failed) == list(many.failed) == [3]
+    torch.testing.assert_close(one.embeddings, many.embeddings, rtol=1e-5, atol=1e-6)
+
+
+def test_build_resumes_from_checkpoint_after_interruption(fake, videos_with_corrupt, tmp_path):
+    model, processor = fake
+    reference = encode_videos(model, processor, videos_with_corrupt, batch_size=1, show_progress=False)
+    model.video_calls = 0
+
+    class Interrupt(Exception):
+        pass
+
+    original = model.get_video_features
+
+    def crash_on_third_batch(pixel_values):
+        if model.video_calls == 2:
+            raise Interrupt()
+        return original(pixel_values)
+
+    model.get_video_features = crash_on_third_batch
+    out = tmp_path / "index"
+    with pytest.raises(Interrupt):
+        VideoIndex.build(model, processor, videos_with_corrupt, batch_size=1, out_dir=out, checkpoint_every=1,
+                         show_progress=False)
+    assert len(list((out / BUILD_CHECKPOINT_DIR).glob("shard_*.safetensors"))) >= 2
+    model.get_video_features = original
+    model.video_calls = 0
+    index = VideoIndex.build(model, processor, videos_with_corrupt, batch_size=1, out_dir=out, show_progress=False)
+    assert model.video_calls == 1  # only the third real video was left to embed
+    torch.testing.assert_close(index.embeddings, reference.embeddings.half())
+    assert list(index.failed) == [videos_with_corrupt[3]]
+    assert not (out / BUILD_CHECKPOINT_DIR).exists()
+    assert VideoIndex.load(out).search(reference.embeddings[:1], k=3) == index.search(reference.embeddings[:1], k=3)
+
+
+def test_checkpoint_of_another_model_is_refused(fake, videos_with_corrupt, tmp_path):
+    model, processor = fake
+    encode_videos(model, processor, videos_with_corrupt[:1], checkpoint_dir=tmp_path / "ck", show_progress=False)
+    with pytest.raises(ValueError, match="another model or processor"):
+        encode_videos(FakeModel(seed=1), processor, videos_with_corrupt[:1], checkpoint_dir=tmp_path / "ck",
+                      show_progress=False)
+
+
+def test_model_fingerprint_changes_with_weights(fake):
+    model, _ = fake
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before
+    with torch.no_grad():
+        model.video_proj[0, 0] += 1e-3
+    assert model_fingerprint(model) != before
+
+
+def test_loaded_index_refuses_a_different_model(fake, tmp_path):
+    model, processor = fake
+    index = VideoIndex(torch.eye(8)[:3], ["a", "b", "c"], model_fingerprint=model_fingerprint(model))
+    index.save(tmp_path)
+    VideoIndex.load(tmp_path, model=model, processor=processor)
+    with pytest.raises(ValueError, match="not the one that built this index"):
+        VideoIndex.load(tmp_path, model=FakeModel(seed=3), processor=processor)
+
+
+def test_find_videos(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("a.mp4", "b.MOV", "notes.txt", "sub/c.webm"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.split("/")[-1] for p in find_videos(tmp_path)] == ["a.mp4", "b.MOV"]
+    assert [p.split("/")[-1] for p in find_videos(tmp_path, recursive=True)] == ["a.mp4", "b.MOV", "c.webm"]
+
+
+def test_encode_texts_is_normalised_and_validates(fake):
+    model, processor = fake
+    emb = encode_texts(model, processor, ["a", "a dog", "a cat"], batch_size=2, show_progress=False)
+    assert emb.shape == (3, 8) and torch.allclose(emb.norm(dim=-1), torch.ones(3))
+    with pytest.raises(ValueError, match=r"texts\[1\]"):
+        encode_texts(model, processor, ["ok", ""], show_progress=False)
+    with pytest.raises(TypeError):
+        encode_texts(model, processor, "one string", show_progress=False)
+
+
+def test_index_json_is_plain_json(tmp_path):
+    VideoIndex(torch.eye(2), ["a", "b"]).save(tmp_path)
+    meta = json.loads((tmp_path / "index.json").read_text())
+    assert meta["paths"] == ["a", "b"] and meta["backend"] == "exact" and meta["dim"] == 2
