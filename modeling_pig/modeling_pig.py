@@ -19,6 +19,7 @@ This file must import only `torch`, `transformers` and relative modules: it is c
 so that `AutoModel.from_pretrained(dir, trust_remote_code=True)` works without this package installed.
 """
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer, CLIPVisionEmbeddings
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from .configuration_pig import PIGConfig
 
@@ -442,6 +444,17 @@ class PIGPreTrainedModel(PreTrainedModel):
 # ---------------------------------------------------------------------------------------------------------- model
 
 
+@contextlib.contextmanager
+def _transformers_errors_only():
+    """Show only errors from transformers' loggers for the duration of the block."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 class PIGModel(PIGPreTrainedModel):
     """PIG (Hybrid-Tower text-to-video retrieval) and its Two-Tower baselines, on a CLIP backbone.
 
@@ -486,7 +499,10 @@ class PIGModel(PIGPreTrainedModel):
             load_kwargs["dtype"] = dtype
         if attn_implementation is not None:
             load_kwargs["attn_implementation"] = attn_implementation
-        model, info = cls.from_pretrained(pretrained_model_name_or_path, **load_kwargs)
+        # The load report would list every new (vip/generator/interaction) tensor as MISSING, which is expected
+        # here; the loading info is checked below instead, and real problems raise.
+        with _transformers_errors_only():
+            model, info = cls.from_pretrained(pretrained_model_name_or_path, **load_kwargs)
 
         new_prefixes = ("vip.", "generator.", "interaction.")
         missing_clip = sorted(key for key in info["missing_keys"] if not key.startswith(new_prefixes))
