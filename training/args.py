@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -85,6 +84,9 @@ class TrainArguments:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N eval videos."})
     synthetic_num_train: int = field(default=240, metadata={"help": "Synthetic benchmark: train videos."})
     synthetic_num_test: int = field(default=40, metadata={"help": "Synthetic benchmark: test videos."})
+    synthetic_num_images: int = field(default=240, metadata={"help": "Synthetic benchmark: stage-1 images."})
+    synthetic_seed: int = field(default=0, metadata={
+        "help": "Seed of the synthetic benchmark itself (fixed across training seeds)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Decoding worker processes per process."})
 
     # ----------------------------------------------------------------- stage-1 data
@@ -95,7 +97,8 @@ class TrainArguments:
     stage1_data_dir: Optional[str] = field(default=None, metadata={
         "help": "Folder for stage1_dataset (default: data_dir for a benchmark)."})
     stage1_dataset_config: Optional[str] = None
-    stage1_split: str = "train"
+    stage1_split: str = field(default="images", metadata={
+        "help": "Split of stage1_dataset (the synthetic benchmark's 'images' split holds its stage-1 pictures)."})
     stage1_image_column: str = "image"
     stage1_caption_column: str = "text"
     stage1_max_train_samples: Optional[int] = None
@@ -118,8 +121,6 @@ class TrainArguments:
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = field(default=0.01, metadata={"help": "Warm-up steps = int(ratio * total steps)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip (0: off)."})
-    logit_scale_max: float = field(default=math.log(200.0), metadata={
-        "help": "The logit scale is clamped to [0, this] after every step (ln 200 in the paper)."})
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = field(default=None, metadata={
         "help": "Autocast for the forward pass (None: accelerate's launch setting)."})
 

@@ -1,0 +1,206 @@
+"""Training data for `train.py`: epoch-seeded sampling, one random caption per visit, decode-failure skipping.
+
+Randomness here never touches the global RNGs. The sampler yields `(epoch, index)` pairs; the dataset derives
+the caption choice and the frame jitter of a visit from `(seed, epoch, index)` alone. A run resumed from a
+checkpoint therefore sees exactly the same samples as the uninterrupted run, on any number of processes.
+
+A video (or image) that cannot be decoded does not stop training: the dataset returns a failure record
+(`VideoDecodeError` / image decode errors only; any other exception is a bug and propagates), the collator
+drops it and reports how many it dropped and which files; `train.py` counts them in the logs and the summary.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from modeling_pig.video_io import VideoDecodeError, read_video_frames
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# Large odd multipliers keep (seed, epoch, index) -> generator seed collision-free for any realistic values.
+_EPOCH_MULTIPLIER = 1_000_003
+_SEED_MULTIPLIER = 2_147_483_647
+
+
+def visit_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The private RNG of one visit of item `index` in `epoch` (caption choice, frame jitter)."""
+    value = (seed * _SEED_MULTIPLIER + epoch * _EPOCH_MULTIPLIER + index) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+class EpochSampler(Sampler):
+    """Yields `(epoch, index)` for every item once per epoch, shuffled by a permutation seeded by (seed, epoch).
+
+    Set `sampler.epoch` before iterating. (No `set_epoch` method on purpose: accelerate's wrappers would call
+    it with their own counters; the training loop owns the epoch.)
+    """
+
+    def __init__(self, num_items: int, seed: int, shuffle: bool = True):
+        if num_items <= 0:
+            raise ValueError(f"EpochSampler needs at least one item, got {num_items}")
+        self.num_items = num_items
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.num_items)
+        epoch = self.epoch
+        for index in order.tolist():
+            yield epoch, index
+
+
+def _failure(item_id: str, path: Any, error: Exception) -> dict:
+    return {"ok": False, "id": item_id, "path": str(path), "error": f"{type(error).__name__}: {error}"}
+
+
+def _pick_caption(captions: Sequence[str] | str, generator: torch.Generator, where: str) -> str:
+    if isinstance(captions, str):
+        return captions
+    if not captions:
+        raise ValueError(f"{where}: no caption (expected a non-empty list of strings)")
+    return captions[int(torch.randint(len(captions), (1,), generator=generator))]
+
+
+def load_image(source: Any) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image, or a `datasets` Image(decode=False) dict {bytes, path}."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, dict):
+        if source.get("bytes"):
+            source = io.BytesIO(source["bytes"])
+        elif source.get("path"):
+            source = source["path"]
+        else:
+            raise ValueError(f"image record {source!r} has neither bytes nor path")
+    with Image.open(source) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+class VideoCaptionDataset(Dataset):
+    """Rows of a `load_benchmark` dataset as training items (index with `(epoch, index)` pairs).
+
+    An item is `{"ok": True, "frames": uint8 [T, H, W, 3], "caption": str, "id": video_id}`: `num_frames`
+    frames sampled in train mode (jittered ends) and one caption drawn at random, both from the visit's RNG.
+    A row whose `video` is an image file (e.g. the synthetic "images" split) gives a 1-frame video. A file that
+    fails to decode gives `{"ok": False, "id", "path", "error"}`.
+    """
+
+    def __init__(self, rows, num_frames: int, seed: int, mode: str = "train"):
+        missing = {"video_id", "video", "captions"} - set(rows.column_names)
+        if missing:
+            raise ValueError(f"dataset lacks column(s) {sorted(missing)} (need video_id, video, captions)")
+        self.rows = rows
+        self.num_frames = num_frames
+        self.seed = seed
+        self.mode = mode
+        columns = set(rows.column_names)
+        self._has_times = {"start", "end"} <= columns
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        row = self.rows[index]
+        generator = visit_generator(self.seed, epoch, index)
+        text = _pick_caption(row["captions"], generator, f"row {index} ({row['video_id']})")
+        path = row["video"]
+        try:
+            if path is None:
+                raise VideoDecodeError(f"row {index} ({row['video_id']}) has no video file")
+            if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
+                frames = np.asarray(load_image(path))[None]  # [1, H, W, 3]
+            else:
+                start = row["start"] if self._has_times else None
+                end = row["end"] if self._has_times else None
+                frames = read_video_frames(path, num_frames=self.num_frames, mode=self.mode, start=start, end=end,
+                                           generator=generator)
+        except (VideoDecodeError, OSError, UnidentifiedImageError) as error:
+            return _failure(row["video_id"], path, error)
+        return {"ok": True, "frames": frames, "caption": text, "id": row["video_id"]}
+
+
+class ImageCaptionDataset(Dataset):
+    """An image+text `datasets.Dataset` (imagefolder with metadata, a Hub dataset, ...) as 1-frame videos.
+
+    The image column is read undecoded and opened here, so that a corrupt image is a failure record instead of
+    an exception. A list-valued caption column gives one random caption per visit.
+    """
+
+    def __init__(self, rows, image_column: str, caption_column: str, seed: int):
+        for column in (image_column, caption_column):
+            if column not in rows.column_names:
+                raise ValueError(f"image-caption dataset has no column {column!r} (columns: {rows.column_names}); "
+                                 "set --stage1_image_column / --stage1_caption_column")
+        import datasets  # local: only this class needs the feature types
+
+        feature = rows.features[image_column]
+        if isinstance(feature, datasets.Image) and feature.decode:
+            rows = rows.cast_column(image_column, datasets.Image(decode=False))
+        self.rows = rows
+        self.image_column = image_column
+        self.caption_column = caption_column
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        row = self.rows[index]
+        generator = visit_generator(self.seed, epoch, index)
+        text = _pick_caption(row[self.caption_column], generator, f"row {index}")
+        source = row[self.image_column]
+        item_id = f"row {index}"
+        try:
+            frames = np.asarray(load_image(source))[None]  # [1, H, W, 3]
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            where = source.get("path") if isinstance(source, dict) else source
+            return _failure(item_id, where, error)
+        return {"ok": True, "frames": frames, "caption": text, "id": item_id}
+
+
+class TrainCollator:
+    """Drops failed items and turns the rest into model inputs with the processor.
+
+    Returns a dict with `input_ids` [n, L], `attention_mask` [n, L], `pixel_values` [n, T, 3, S, S] (absent when
+    every item failed), `num_failed` (int) and `failed` (list of "path: error" strings).
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, items: list[dict]) -> dict:
+        good = [item for item in items if item["ok"]]
+        failed = [f"{item['path']}: {item['error']}" for item in items if not item["ok"]]
+        batch: dict[str, Any] = {"num_failed": len(failed), "failed": failed}
+        if good:
+            features = self.processor(text=[item["caption"] for item in good],
+                                      videos=[item["frames"] for item in good], return_tensors="pt", mode="train")
+            batch.update(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
+                         pixel_values=features["pixel_values"])
+        return batch
+
+
+def steps_per_epoch(num_items: int, global_batch: int) -> int:
+    """Optimizer steps in one pass over `num_items` with a global batch of `global_batch` (last batch partial)."""
+    return math.ceil(num_items / global_batch)
