@@ -43,6 +43,7 @@ __all__ = [
     "exact_search",
     "find_videos",
     "model_fingerprint",
+    "processor_signature",
     "DEFAULT_FAISS_THRESHOLD",
 ]
 
@@ -59,6 +60,8 @@ EXACT_CHUNK_ROWS = 65_536
 # Exact search keeps a float32 copy of the fp16 store when it is at most this big (faster repeated
 # queries); larger stores are converted chunk by chunk instead.
 EXACT_FLOAT32_CACHE_BYTES = 256 * 2**20
+# An embedding checkpoint is also written at least this often (seconds), whatever `checkpoint_every` says.
+CHECKPOINT_SECONDS = 60.0
 # File name suffixes `find_videos` treats as videos (lower case).
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".ts",
                     ".flv", ".ogv")
@@ -105,7 +108,7 @@ def _inference(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _processor_signature(processor) -> str:
+def processor_signature(processor) -> str:
     """The processor settings that change pixel values or tokens (frames, size, resizing, max length)."""
     if hasattr(processor, "to_dict"):
         settings = processor.to_dict()
@@ -280,7 +283,7 @@ def _item_signature(path: str | None, start, end) -> str:
 
 def embedding_job_key(model_fp: str, processor, storage_dtype: torch.dtype) -> str:
     """Key of the settings an embedding depends on besides the video: model weights, processor, dtype."""
-    text = f"{model_fp}\n{_processor_signature(processor)}\n{storage_dtype}"
+    text = f"{model_fp}\n{processor_signature(processor)}\n{storage_dtype}"
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
@@ -301,7 +304,8 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
         batch_size: videos per forward pass.
         starts, ends: optional clip bounds in seconds, one per video (None = whole file).
         num_workers: DataLoader decoding workers (0 = decode in this process).
-        checkpoint_dir: write progress there every `checkpoint_every` videos. Videos the folder already holds
+        checkpoint_dir: write progress there every `checkpoint_every` videos or `CHECKPOINT_SECONDS`, and when
+            the run stops on an exception. Videos the folder already holds
             (same path, clip, file size and mtime) are not embedded again; a folder written with other model
             weights or processor settings is an error.
         storage_dtype: dtype of the returned (and checkpointed) embeddings.
@@ -343,23 +347,29 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
 
     progress = tqdm(total=n, initial=n - len(todo), desc=f"Embedding {desc}", unit="video",
                     disable=not show_progress)
+    last_flush = time.monotonic()
+    # `finally`: an interrupted run (exception, Ctrl-C) still writes the batches it finished
     with _inference(model), progress:
-        for positions, pixel_values, batch_failed in loader:
-            for position, reason in batch_failed.items():
-                logger.warning("Skipping unreadable video %s: %s", videos[position], reason)
-                failed[signatures[position]] = pending_failed[signatures[position]] = reason
-            if pixel_values is not None:
-                features = model.get_video_features(
-                    pixel_values=pixel_values.to(device=device, dtype=dtype)).pooler_output  # [b, D]
-                rows = F.normalize(features.float(), dim=-1).to(storage_dtype).cpu()
-                for position, row in zip(positions, rows):
-                    done[signatures[position]] = row
-                pending_items.extend(signatures[p] for p in positions)
-                pending_rows.append(rows)
-            progress.update(len(positions) + len(batch_failed))
-            if len(pending_items) + len(pending_failed) >= checkpoint_every:
-                flush()
-        flush()
+        try:
+            for positions, pixel_values, batch_failed in loader:
+                for position, reason in batch_failed.items():
+                    logger.warning("Skipping unreadable video %s: %s", videos[position], reason)
+                    failed[signatures[position]] = pending_failed[signatures[position]] = reason
+                if pixel_values is not None:
+                    features = model.get_video_features(
+                        pixel_values=pixel_values.to(device=device, dtype=dtype)).pooler_output  # [b, D]
+                    rows = F.normalize(features.float(), dim=-1).to(storage_dtype).cpu()
+                    for position, row in zip(positions, rows):
+                        done[signatures[position]] = row
+                    pending_items.extend(signatures[p] for p in positions)
+                    pending_rows.append(rows)
+                progress.update(len(positions) + len(batch_failed))
+                if (len(pending_items) + len(pending_failed) >= checkpoint_every
+                        or time.monotonic() - last_flush >= CHECKPOINT_SECONDS):
+                    flush()
+                    last_flush = time.monotonic()
+        finally:
+            flush()
 
     ok = [p for p in range(n) if signatures[p] in done]
     failures = {p: failed[signatures[p]] for p in range(n) if signatures[p] in failed}

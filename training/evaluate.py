@@ -1,0 +1,331 @@
+"""Text-video retrieval evaluation of a PIG model (or its baselines) on a benchmark split.
+
+Two-tower, as the method requires (docs/pig-method.md §7): text embeddings and video embeddings are
+computed separately, in batches, then scored with one matrix product and ranked with
+`modeling_pig.metrics.compute_retrieval_metrics` (CLIP4Clip protocol; DSL optional, reported apart).
+
+* Every caption of a row is a query whose ground truth is that row's video: this covers the square
+  protocol (one caption or one paragraph per video) and the multi-caption one (MSR-VTT full, VATEX, MSVD).
+* Unreadable videos are skipped, never silently: they are logged, counted in the metrics
+  (`num_skipped_videos`, `num_skipped_captions`: their captions leave the query set) and listed in the JSON.
+* Embeddings are cached on disk (`cache_dir`): video embeddings per video file (path, clip, size, mtime)
+  under a folder keyed by the model's weights and the processor settings, written as they are computed,
+  so an interrupted run keeps its progress and a rerun reuses it; text embeddings keyed by the same and
+  the list of texts.
+
+Library use (the trainer): `evaluate_retrieval(model, processor, dataset)`. Command line:
+
+    python training/evaluate.py --model DIR --benchmark msrvtt --data_dir DATA --config 9k --split test \\
+        --output results.json
+
+writes/updates `results.json` (one entry per model x benchmark x config x split) and `results.md` (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics
+from modeling_pig.retrieval import (
+    embedding_job_key,
+    encode_texts,
+    encode_videos,
+    model_fingerprint,
+    processor_signature,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pig-hf" / "eval"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Embedding (the agreed interface)
+
+
+def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 256, show_progress: bool = True
+                ) -> torch.Tensor:
+    """Text-tower embeddings: float32 CPU tensor `[len(texts), D]`, L2-normalised."""
+    return encode_texts(model, processor, texts, batch_size=batch_size, show_progress=show_progress)
+
+
+def embed_videos(model, processor, video_paths: Sequence[str], batch_size: int = 16,
+                 starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
+                 num_workers: int = 0, show_progress: bool = True) -> torch.Tensor:
+    """Video-tower embeddings: float32 CPU tensor `[len(video_paths), D]`, L2-normalised.
+
+    Every video must decode: one that does not raises `VideoDecodeError` naming it (use
+    `modeling_pig.retrieval.encode_videos` to skip and report instead, as `evaluate_retrieval` does).
+    """
+    from modeling_pig.video_io import VideoDecodeError
+
+    encoded = encode_videos(model, processor, video_paths, batch_size=batch_size, starts=starts, ends=ends,
+                            num_workers=num_workers, show_progress=show_progress)
+    if encoded.failed:
+        listed = "; ".join(encoded.failed[p] for p in list(encoded.failed)[:3])
+        raise VideoDecodeError(f"{len(encoded.failed)} of {len(video_paths)} videos could not be decoded: {listed}")
+    return encoded.embeddings
+
+
+# ------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclasses.dataclass
+class RetrievalEvaluation:
+    """Everything an evaluation run found.
+
+    metrics: `compute_retrieval_metrics` output plus `num_skipped_videos`, `num_skipped_captions`.
+    protocol: "square" (one text per video) or "multi-caption" (every caption of a video is a query).
+    skipped: one dict per unreadable video: video_id, video, reason, num_captions.
+    """
+
+    metrics: dict
+    protocol: str
+    skipped: list[dict]
+
+
+def _column(dataset, name: str) -> list:
+    if name in dataset.column_names:
+        return list(dataset[name])
+    raise KeyError(f"the evaluation dataset has no {name!r} column (columns: {dataset.column_names}); "
+                   "expected load_benchmark rows: video_id, video, captions, start, end")
+
+
+def _cached_text_embeddings(model, processor, texts: list[str], batch_size: int, cache_dir: Path | None,
+                            model_fp: str | None, show_progress: bool) -> torch.Tensor:
+    if cache_dir is None:
+        return encode_texts(model, processor, texts, batch_size=batch_size, show_progress=show_progress)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(embedding_job_key(model_fp, processor, torch.float32).encode())
+    for text in texts:
+        digest.update(text.encode() + b"\0")
+    path = cache_dir / "texts" / f"{digest.hexdigest()}.safetensors"
+    if path.is_file():
+        logger.info("Text embeddings from cache %s", path)
+        return load_file(str(path))["embeddings"]
+    embeddings = encode_texts(model, processor, texts, batch_size=batch_size, show_progress=show_progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"embeddings": embeddings.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+    return embeddings
+
+
+def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16, cache_dir=None, dsl: bool = False,
+                                num_workers: int = 0, text_batch_size: int = 256, show_progress: bool = True
+                                ) -> RetrievalEvaluation:
+    """Evaluate text-to-video and video-to-text retrieval on a `load_benchmark` split (see module docstring).
+
+    Args:
+        model: PIGModel (or anything with `get_text_features` / `get_video_features`), on its device.
+        processor: PIGProcessor (its `num_frames` and settings define the sampling).
+        dataset: rows with `video` (path or None), `captions` (list of str), optional `video_id`, `start`, `end`.
+        batch_size: videos per forward pass; `text_batch_size`: texts per forward pass.
+        cache_dir: embedding cache folder (None: no cache).
+        dsl: also report dual-softmax metrics (keys prefixed `dsl_`).
+        num_workers: DataLoader workers decoding videos.
+
+    Returns:
+        `RetrievalEvaluation` (metrics, protocol, skipped videos).
+    """
+    videos = _column(dataset, "video")
+    captions = _column(dataset, "captions")
+    names = dataset.column_names
+    video_ids = _column(dataset, "video_id") if "video_id" in names else [str(i) for i in range(len(videos))]
+    starts = _column(dataset, "start") if "start" in names else None
+    ends = _column(dataset, "end") if "end" in names else None
+    if not videos:
+        raise ValueError("the evaluation dataset is empty")
+    for row, (video_id, row_captions) in enumerate(zip(video_ids, captions)):
+        if not row_captions or any(not isinstance(c, str) or not c.strip() for c in row_captions):
+            raise ValueError(f"row {row} (video_id {video_id!r}) has no caption or an empty one: {row_captions!r}; "
+                             "every video needs at least one non-empty caption")
+
+    cache = Path(cache_dir) if cache_dir is not None else None
+    model_fp = model_fingerprint(model) if cache is not None else None
+    video_cache = None
+    if cache is not None:
+        video_cache = cache / "videos" / embedding_job_key(model_fp, processor, torch.float32)
+    encoded = encode_videos(model, processor, videos, batch_size=batch_size, starts=starts, ends=ends,
+                            num_workers=num_workers, checkpoint_dir=video_cache, storage_dtype=torch.float32,
+                            show_progress=show_progress, model_fp=model_fp)
+    skipped = [{"video_id": video_ids[p], "video": videos[p], "reason": reason, "num_captions": len(captions[p])}
+               for p, reason in encoded.failed.items()]
+    if not encoded.positions:
+        raise ValueError(f"none of the {len(videos)} videos could be decoded (first: {skipped[0]['reason']})")
+    if skipped:
+        logger.warning("Evaluation skips %d unreadable videos and their %d captions: %s", len(skipped),
+                       sum(s["num_captions"] for s in skipped), ", ".join(s["video_id"] for s in skipped[:10]))
+
+    texts, text_to_video = [], []
+    for column, row in enumerate(encoded.positions):  # column of the kept video in the similarity matrix
+        texts.extend(captions[row])
+        text_to_video.extend([column] * len(captions[row]))
+    text_embeddings = _cached_text_embeddings(model, processor, texts, text_batch_size, cache, model_fp,
+                                              show_progress)
+    sim = (text_embeddings.float() @ encoded.embeddings.float().T).numpy()  # [n_text, n_video]
+    metrics = compute_retrieval_metrics(sim, np.asarray(text_to_video), dsl=dsl)
+    metrics["num_skipped_videos"] = len(skipped)
+    metrics["num_skipped_captions"] = sum(s["num_captions"] for s in skipped)
+    protocol = "square" if all(len(c) == 1 for c in captions) else "multi-caption"
+    return RetrievalEvaluation(metrics=metrics, protocol=protocol, skipped=skipped)
+
+
+def evaluate_retrieval(model, processor, dataset, batch_size: int = 16, cache_dir=None, dsl: bool = False,
+                       num_workers: int = 0, text_batch_size: int = 256, show_progress: bool = True) -> dict:
+    """Retrieval metrics of `model` on `dataset` (a `load_benchmark` split): `t2v_R@1`, ..., `v2t_MnR`,
+    `num_texts`, `num_videos`, `num_skipped_videos`, `num_skipped_captions` (and `dsl_*` with `dsl=True`).
+
+    See `evaluate_retrieval_detailed` for the arguments and for the list of skipped videos.
+    """
+    return evaluate_retrieval_detailed(model, processor, dataset, batch_size=batch_size, cache_dir=cache_dir,
+                                       dsl=dsl, num_workers=num_workers, text_batch_size=text_batch_size,
+                                       show_progress=show_progress).metrics
+
+
+# ------------------------------------------------------------------------------------------------------
+# Results table
+
+
+def _format_metric(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def results_table(entries: Sequence[dict]) -> str:
+    """Markdown table of evaluation entries (dicts with model, benchmark, config, split, protocol, metrics)."""
+    recall_cols = [f"R@{k}" for k in RECALL_KS]
+    header = (["Model", "Benchmark", "Split", "Protocol", "Texts", "Videos"]
+              + [f"t2v {c}" for c in recall_cols + ["MdR", "MnR"]]
+              + [f"v2t {c}" for c in recall_cols + ["MdR", "MnR"]] + ["Skipped videos"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in entries:
+        metrics = entry["metrics"]
+        variants = [("", "")] + ([("dsl_", " + DSL")] if "dsl_t2v_R@1" in metrics else [])
+        for prefix, suffix in variants:
+            cells = [str(entry["model"]), f"{entry['benchmark']}" + (f" ({entry['config']})" if entry.get("config")
+                                                                      else ""),
+                     entry["split"], entry["protocol"] + suffix, str(metrics["num_texts"]), str(metrics["num_videos"])]
+            for direction in ("t2v", "v2t"):
+                cells += [_format_metric(metrics[f"{prefix}{direction}_{c}"]) for c in recall_cols + ["MdR", "MnR"]]
+            cells.append(str(metrics["num_skipped_videos"]))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_results_file(output: Path, entry: dict) -> list[dict]:
+    """Add `entry` to the JSON results file (replacing one for the same model/benchmark/config/split)."""
+    entries = []
+    if output.is_file():
+        entries = json.loads(output.read_text()).get("results", [])
+    same = ("model", "benchmark", "config", "split")
+    entries = [e for e in entries if tuple(e.get(k) for k in same) != tuple(entry.get(k) for k in same)]
+    entries.append(entry)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"results": entries}, indent=1) + "\n")
+    return entries
+
+
+# ------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="PIG model folder or Hub id (from_pretrained)")
+    parser.add_argument("--benchmark", required=True,
+                        help="msrvtt, didemo, activitynet, lsmdc, vatex, msvd or synthetic")
+    parser.add_argument("--data_dir", required=True, help="annotation folder (synthetic: its cache folder, "
+                                                          "generated there when empty)")
+    parser.add_argument("--config", default=None, help="benchmark setting, e.g. msrvtt 9k / 7k / full")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--video_dir", default=None, help="video folder (default: data_dir)")
+    parser.add_argument("--missing_videos", default="error", choices=("error", "drop", "keep"),
+                        help="videos absent from video_dir: fail, drop their rows, or keep them and report "
+                             "them as skipped")
+    parser.add_argument("--output", default="results.json", help="JSON results file (updated, not overwritten); "
+                                                                 "the markdown table goes next to it (.md)")
+    parser.add_argument("--batch_size", type=int, default=16, help="videos per forward pass")
+    parser.add_argument("--text_batch_size", type=int, default=256)
+    parser.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="video decoding workers")
+    parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="embedding cache")
+    parser.add_argument("--no_cache", action="store_true", help="do not read or write the embedding cache")
+    parser.add_argument("--dsl", action="store_true", help="also report dual-softmax (DSL) metrics")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    return parser.parse_args(argv)
+
+
+def load_model_and_processor(model_path: str, device: str = "cpu", dtype: str = "float32"):
+    """`PIGModel` + `PIGProcessor` from a folder or Hub id, on `device` in `dtype`, in eval mode."""
+    from modeling_pig import PIGModel, PIGProcessor
+
+    model = PIGModel.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
+    processor = PIGProcessor.from_pretrained(model_path)
+    return model, processor
+
+
+def load_split(benchmark: str, data_dir: str, config: str | None, split: str, video_dir: str | None,
+               missing_videos: str):
+    """`load_benchmark(...)`; for "synthetic", the benchmark is generated in `data_dir` first if absent."""
+    from datasets_scripts.loading import load_benchmark
+
+    if benchmark == "synthetic":
+        from datasets_scripts.synthetic import generate_synthetic, read_manifest
+
+        if read_manifest(data_dir) is None:
+            generate_synthetic(data_dir)
+    return load_benchmark(benchmark, data_dir, config=config, split=split, video_dir=video_dir,
+                          missing_videos=missing_videos)
+
+
+def main(argv=None) -> dict:
+    """Run the evaluation described by the command line; returns the results entry written."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    dataset = load_split(args.benchmark, args.data_dir, args.config, args.split, args.video_dir,
+                         args.missing_videos)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    result = evaluate_retrieval_detailed(
+        model, processor, dataset, batch_size=args.batch_size, cache_dir=None if args.no_cache else args.cache_dir,
+        dsl=args.dsl, num_workers=args.num_workers, text_batch_size=args.text_batch_size)
+    model_name = str(Path(args.model).resolve()) if os.path.isdir(args.model) else args.model
+    entry = {
+        "model": model_name,
+        "benchmark": args.benchmark,
+        "config": args.config,
+        "split": args.split,
+        "protocol": result.protocol,
+        "num_frames": getattr(processor, "num_frames", None),
+        "processor": json.loads(processor_signature(processor)),
+        "metrics": result.metrics,
+        "skipped_videos": result.skipped,
+    }
+    output = Path(args.output)
+    entries = update_results_file(output, entry)
+    table = results_table(entries)
+    output.with_suffix(".md").write_text(table)
+    print(table)
+    if result.skipped:
+        print(f"WARNING: {len(result.skipped)} unreadable videos were skipped (their "
+              f"{result.metrics['num_skipped_captions']} captions left the query set); see {output}",
+              file=sys.stderr)
+    return entry
+
+
+if __name__ == "__main__":
+    main()
