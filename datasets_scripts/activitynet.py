@@ -84,7 +84,6 @@ class ActivityNetCaptions(BenchmarkBuilder):
     BENCHMARK_NAME = "activitynet"
     BUILDER_CONFIGS = [BenchmarkConfig(name="paragraph", split_names=("train", "test", "val_2"),
                                        description="one paragraph per video; test = val_1 (4,917 videos)")]
-    DEFAULT_CONFIG_NAME = "paragraph"
 
     def _features(self):
         return base_features(

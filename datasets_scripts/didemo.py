@@ -68,7 +68,6 @@ class DiDeMo(BenchmarkBuilder):
     BENCHMARK_NAME = "didemo"
     BUILDER_CONFIGS = [BenchmarkConfig(name="paragraph", split_names=("train", "validation", "test"),
                                        description="one paragraph (all descriptions joined) per video, 0-31 s")]
-    DEFAULT_CONFIG_NAME = "paragraph"
 
     def _features(self):
         return base_features(

@@ -54,7 +54,6 @@ class LSMDC(BenchmarkBuilder):
     BENCHMARK_NAME = "lsmdc"
     BUILDER_CONFIGS = [BenchmarkConfig(name="default", split_names=("train", "validation", "test"),
                                        description="train ~101k clips, val ~7.4k, test 1,000 clips (square)")]
-    DEFAULT_CONFIG_NAME = "default"
 
     @classmethod
     def split_files(cls, config, split, data_dir):

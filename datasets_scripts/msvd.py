@@ -64,7 +64,6 @@ class MSVD(BenchmarkBuilder):
     BENCHMARK_NAME = "msvd"
     BUILDER_CONFIGS = [BenchmarkConfig(name="default", split_names=("train", "validation", "test"),
                                        description="all captions per video; test 670 videos (multi-sentence)")]
-    DEFAULT_CONFIG_NAME = "default"
 
     @classmethod
     def split_files(cls, config, split, data_dir):

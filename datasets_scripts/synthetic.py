@@ -515,7 +515,6 @@ class SyntheticBenchmark(BenchmarkBuilder):
     BUILDER_CONFIGS = [BenchmarkConfig(name="default", split_names=SPLITS,
                                        description="train: 1-3 captions per video; test: one caption per video "
                                                    "(square protocol); images: png scenes for stage 1")]
-    DEFAULT_CONFIG_NAME = "default"
 
     def _features(self) -> datasets.Features:
         # attributes: "colour shape action" per event (videos) or "colour shape position" per object (images)

@@ -54,7 +54,6 @@ class VATEX(BenchmarkBuilder):
     BENCHMARK_NAME = "vatex"
     BUILDER_CONFIGS = [BenchmarkConfig(name="hgr", split_names=("train", "validation", "test"),
                                        description="HGR split 25,991/1,500/1,500; all 10 English captions per video")]
-    DEFAULT_CONFIG_NAME = "hgr"
 
     @classmethod
     def split_files(cls, config, split, data_dir):
