@@ -23,22 +23,29 @@ writes/updates `results.json` (one entry per model x benchmark x config x split)
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import hashlib
-import json
-import logging
-import os
 import sys
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
+# `python training/evaluate.py` puts this folder first on sys.path, where this very file would shadow the
+# `evaluate` package for every library imported below.
+_HERE = Path(__file__).resolve().parent
+if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
+    sys.path.pop(0)
 
-from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics
-from modeling_pig.retrieval import (
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics  # noqa: E402
+from modeling_pig.retrieval import (  # noqa: E402
     embedding_job_key,
     encode_texts,
     encode_videos,
