@@ -31,6 +31,7 @@ Everything is opened and closed inside each call, so the functions are safe in `
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ skipped non-reference frames) is cheaper. Measured with ``benchmarks/bench_decod
 
 _READ_TIMEOUT_S = 60.0  # a stalled read (network filesystem) raises instead of hanging forever
 _TIME_EPS = 1e-6  # seconds; tolerance when comparing clip bounds with frame timestamps
+_TRUNCATION_TOLERANCE_S = 0.25  # frames may end this much before a declared stream duration
 
 
 class VideoDecodeError(RuntimeError):
@@ -133,18 +135,23 @@ class VideoSample:
     Attributes:
         frames: ``uint8 [num_frames, H, W, 3]`` RGB.
         indices: frame index of each row of ``frames`` within the whole video (presentation order).
-        num_video_frames: decodable frames in the video, or, when only a clip was read, frames up to the clip's end.
+        num_video_frames: decodable frames in the video; None when only the part up to the clip's end was read.
         clip_range: ``(first, last)`` frame index of the clip that was sampled (both included).
-        timestamps: seconds from the first frame, for each row of ``frames``.
+        timestamps: seconds from the first frame, for each row of ``frames`` (empty when the file has neither
+            timestamps nor a frame rate).
         decode_path: ``"timestamp"`` (seeks and skips allowed) or ``"sequential"`` (the counting fallback).
+        packets_decoded: packets sent to the decoder, over all passes (skipped non-reference frames included).
+        seeks: seeks made.
     """
 
     frames: np.ndarray
     indices: list[int]
-    num_video_frames: int
+    num_video_frames: int | None
     clip_range: tuple[int, int]
     timestamps: list[float] = field(default_factory=list)
     decode_path: str = "sequential"
+    packets_decoded: int = 0
+    seeks: int = 0
 
 
 def read_video_frames(
@@ -195,43 +202,57 @@ def read_video(
     # indices can be drawn again as if the true count had been known from the start (same draws, one result).
     rng_state = generator.get_state() if generator is not None else torch.get_rng_state()
 
+    stats = _DecodeStats()
     with _open(path) as container:
         stream = _video_stream(container, path)
         timeline = _index_stream(container, stream, path, end)
         plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
         if timeline.timestamps_trusted:
             try:
-                frames = _decode_by_timestamp(container, stream, timeline, plan.indices)
-                return plan.result(frames, timeline, "timestamp")
+                frames = _decode_by_timestamp(container, stream, timeline, plan.indices, stats)
+                return plan.result(frames, timeline, "timestamp", stats)
             except _FallBack:
                 pass  # decode again below, counting frames: the slower path that needs no timestamps
 
-    # Sequential decode from a freshly opened container. Frames up to MAX_UNDECODABLE_FRAMES before each target
-    # are kept too, so that a stream that decodes to slightly fewer frames than it lists needs no second pass.
+    return _read_sequentially(path, timeline, plan, (num_frames, mode, start, end), generator, rng_state, stats)
+
+
+def _read_sequentially(path, timeline, plan, sampling, generator, rng_state, stats) -> VideoSample:
+    """The counting fallback: decode from the first frame, in output order, from a freshly opened container.
+
+    When the clip runs to the end of the video, decoding goes on to the end of the stream to count the frames
+    that really decode; if that is fewer than the container lists (by at most MAX_UNDECODABLE_FRAMES), the
+    indices are drawn again, with the same random draws, for the true count. Frames up to
+    MAX_UNDECODABLE_FRAMES before each target are kept, so that this rarely needs a second pass.
+    """
+    num_frames, mode, start, end = sampling
+    to_end = timeline.reached_end and plan.clip_range[1] == timeline.num_frames - 1
     with _open(path) as container:
         kept, decoded_count = _decode_by_count(
-            container, _video_stream(container, path), plan.indices, path, keep_before=MAX_UNDECODABLE_FRAMES
+            container, _video_stream(container, path), plan.indices, path, MAX_UNDECODABLE_FRAMES, to_end, stats
         )
-    if decoded_count <= max(plan.indices):
+    if decoded_count < timeline.num_frames and (to_end or decoded_count <= max(plan.indices)):
         missing = timeline.num_frames - decoded_count
         if decoded_count == 0 or missing > MAX_UNDECODABLE_FRAMES:
             raise VideoDecodeError(
                 f"{path}: the container lists {timeline.num_frames} video frames but only {decoded_count} "
                 "could be decoded; the file is truncated or corrupt"
             )
-        # Trust the decoder's count and sample again, with the same random draws as a first, informed sampling.
         timeline = timeline.truncated(decoded_count)
         _restore_rng(generator, rng_state)
         plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
         if not set(plan.indices) <= kept.keys():
             with _open(path) as container:
                 kept, decoded_count = _decode_by_count(
-                    container, _video_stream(container, path), plan.indices, path, keep_before=0
+                    container, _video_stream(container, path), plan.indices, path, 0, False, stats
                 )
             if decoded_count <= max(plan.indices):
                 raise VideoDecodeError(f"{path}: the number of decodable frames changed between two decodes")
+    corrupt = sorted(i for i in set(plan.indices) if kept[i].is_corrupt)
+    if corrupt:
+        raise VideoDecodeError(f"{path}: the decoder flagged frame(s) {corrupt} as corrupt; the file is damaged")
     frames = {i: kept[i].to_ndarray(format="rgb24") for i in set(plan.indices)}
-    return plan.result(frames, timeline, "sequential")
+    return plan.result(frames, timeline, "sequential", stats)
 
 
 def decode_all_frames(path: str | os.PathLike) -> np.ndarray:
@@ -311,6 +332,7 @@ class _Timeline:
     pts: list[int] | None
     seconds: list[float]
     keyframe_pts: list[int]
+    keyframe_dts: dict[int, int | None]
     decode_position: dict[int, int]
     timestamps_trusted: bool
     reached_end: bool
@@ -322,6 +344,7 @@ class _Timeline:
             pts=None if self.pts is None else self.pts[:num_frames],
             seconds=self.seconds[:num_frames],
             keyframe_pts=self.keyframe_pts,
+            keyframe_dts=self.keyframe_dts,
             decode_position=self.decode_position,
             timestamps_trusted=False,
             reached_end=self.reached_end,
@@ -329,14 +352,18 @@ class _Timeline:
 
 
 def _index_stream(container, stream, path: str, end: float | None) -> _Timeline:
-    """Demux (no decoding) the video packets, up to the clip's end when one is given."""
+    """Demux (no decoding) the video packets, up to the clip's end when one is given; check none is missing."""
     time_base = stream.time_base
-    entries = []  # (pts, dts, is_keyframe) in decode order
+    entries = []  # (pts, dts, is_keyframe) in decode order, non-empty packets only
+    listed = 0  # packets the demuxer gave, empty ones included (old AVI files mark dropped frames so)
     end_pts = None
     reached_end = True
     try:
         for packet in container.demux(stream):
-            if packet.size == 0:  # the empty packet PyAV appends at the end to flush the decoder
+            if packet.size == 0 and packet.pts is None and packet.dts is None:
+                continue  # the empty packet PyAV appends at the end to flush the decoder
+            listed += 1
+            if packet.size == 0:
                 continue
             if end_pts is None and end is not None and entries and entries[0][0] is not None and time_base:
                 end_pts = entries[0][0] + math.ceil(end / time_base) + 1
@@ -350,32 +377,71 @@ def _index_stream(container, stream, path: str, end: float | None) -> _Timeline:
             f"{path}: reading the video stream failed after {len(entries)} packets ({_describe(err)}); "
             "the file is truncated or corrupt"
         ) from err
+    if reached_end and stream.frames and stream.frames - listed > MAX_UNDECODABLE_FRAMES:
+        raise VideoDecodeError(
+            f"{path}: the container header lists {stream.frames} video frames but only {listed} could be read; "
+            "the file is truncated"
+        )
     if not entries:
         raise VideoDecodeError(f"{path}: the video stream contains no frame")
 
     all_pts = [e[0] for e in entries]
-    has_pts = all(p is not None for p in all_pts) and len(set(all_pts)) == len(all_pts)
-    if has_pts:
+    if all(p is not None for p in all_pts) and len(set(all_pts)) == len(all_pts):
         pts_sorted = sorted(all_pts)
-        first = pts_sorted[0]
-        seconds = [float((p - first) * time_base) for p in pts_sorted]
-        in_decode_order = all(a < b for a, b in zip(all_pts, all_pts[1:]))
-        # A stream whose codec reorders frames (B-frames) but whose packets carry pts == dts (some muxers do
-        # this) has timestamps that do not give the display order: only counting decoded frames is right then.
+        seconds = [float((p - pts_sorted[0]) * time_base) for p in pts_sorted]
+        # A stream whose codec reorders frames (B-frames) but whose packets all carry pts == dts (OpenCV's
+        # writer does this) has timestamps that do not give the display order: only counting decoded frames
+        # is right then. Such files are told apart here; anything subtler is caught while decoding.
         reorders = bool(getattr(stream.codec_context, "has_b_frames", 0))
-        trusted = not (in_decode_order and reorders) and len(entries) > 1
-        return _Timeline(
+        pts_copied_from_dts = all(e[0] == e[1] for e in entries) and all(a < b for a, b in zip(all_pts, all_pts[1:]))
+        timeline = _Timeline(
             num_frames=len(entries),
             pts=pts_sorted,
             seconds=seconds,
             keyframe_pts=sorted(e[0] for e in entries if e[2]),
+            keyframe_dts={e[0]: e[1] for e in entries if e[2]},
             decode_position={e[0]: i for i, e in enumerate(entries)},
-            timestamps_trusted=trusted,
+            timestamps_trusted=not (reorders and pts_copied_from_dts) and len(entries) > 1,
             reached_end=reached_end,
         )
-    rate = stream.average_rate or stream.guessed_rate
-    seconds = [i / float(rate) for i in range(len(entries))] if rate else []
-    return _Timeline(len(entries), None, seconds, [], {}, False, reached_end)
+    else:
+        rate = stream.average_rate or stream.guessed_rate
+        seconds = [i / float(rate) for i in range(len(entries))] if rate else []
+        timeline = _Timeline(len(entries), None, seconds, [], {}, {}, False, reached_end)
+    if reached_end and not stream.frames:
+        _check_duration(stream, timeline, path)
+    return timeline
+
+
+def _check_duration(stream, timeline: _Timeline, path: str) -> None:
+    """For containers that list no frame count (Matroska/WebM, MPEG-TS, ...), compare the stream's declared
+    duration with the time its frames cover: a file cut short keeps its header and loses its last frames."""
+    declared = None
+    if stream.duration and stream.time_base:
+        declared = float(stream.duration * stream.time_base)
+    else:
+        declared = _parse_duration_tag(stream.metadata.get("DURATION") or stream.metadata.get("duration"))
+    seconds = timeline.seconds
+    if declared is None or len(seconds) < 2:
+        return
+    frame_duration = (seconds[-1] - seconds[0]) / (len(seconds) - 1)
+    covered = seconds[-1] + frame_duration
+    if declared - covered > max(_TRUNCATION_TOLERANCE_S, 3 * frame_duration):
+        raise VideoDecodeError(
+            f"{path}: the video stream declares {declared:.3f} s but its frames end at {covered:.3f} s; "
+            "the file is truncated"
+        )
+
+
+def _parse_duration_tag(value) -> float | None:
+    """Matroska's per-track ``DURATION`` tag, ``HH:MM:SS.nnnnnnnnn``; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        hours, minutes, secs = str(value).strip().split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(secs)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -384,22 +450,25 @@ class _SamplingPlan:
 
     indices: list[int]
     clip_range: tuple[int, int]
+    path: str
 
     @classmethod
     def make(cls, timeline: _Timeline, num_frames, mode, start, end, generator, path) -> "_SamplingPlan":
         first, last = _clip_range(timeline, start, end, path)
         local = sample_frame_indices(last - first + 1, num_frames, mode, generator)
-        return cls([first + i for i in local], (first, last))
+        return cls([first + i for i in local], (first, last), path)
 
-    def result(self, frames: dict[int, np.ndarray], timeline: _Timeline, decode_path: str) -> VideoSample:
+    def result(self, frames: dict, timeline: _Timeline, decode_path: str, stats: "_DecodeStats") -> VideoSample:
         rows = [frames[i] for i in self.indices]  # repeated indices share one decoded frame
         return VideoSample(
-            frames=_stack(rows, ""),
+            frames=_stack(rows, self.path),
             indices=list(self.indices),
-            num_video_frames=timeline.num_frames,
+            num_video_frames=timeline.num_frames if timeline.reached_end else None,
             clip_range=self.clip_range,
             timestamps=[timeline.seconds[i] for i in self.indices] if timeline.seconds else [],
             decode_path=decode_path,
+            packets_decoded=stats.packets,
+            seeks=stats.seeks,
         )
 
 
@@ -450,7 +519,13 @@ class _FallBack(Exception):
     """The timestamp-driven decode cannot be trusted for this file; decode again sequentially."""
 
 
-def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[int]) -> dict[int, np.ndarray]:
+@dataclass
+class _DecodeStats:
+    packets: int = 0  # packets sent to the decoder
+    seeks: int = 0
+
+
+def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[int], stats: _DecodeStats) -> dict:
     """Decode the target frames, identified by their timestamps; seek and skip where that saves work.
 
     Returns index -> RGB array for every distinct index. Raises _FallBack when the stream does not behave
@@ -470,8 +545,8 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
             keyframe = _keyframe_before(timeline, timeline.pts[remaining[0]])
             keyframe_position = timeline.decode_position[keyframe]
             if packets is None or (position is not None and keyframe_position - position >= SEEK_MIN_SKIPPED_PACKETS):
-                container.seek(keyframe, stream=stream, backward=True)
-                packets = container.demux(stream)
+                packets = _seek(container, stream, timeline, keyframe)
+                stats.seeks += 1
                 position, last_rank, seek_rank = None, -1, rank_of_pts[keyframe]
             packet = next(packets, None)
             if packet is None:
@@ -480,9 +555,8 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
                 packet_position = timeline.decode_position.get(packet.pts)
                 if packet_position is None:
                     raise _FallBack("a packet has a timestamp the index did not list")
-                if position is None and packet_position > keyframe_position:
-                    raise _FallBack("the seek landed after the keyframe it aimed at")
                 position = packet_position + 1
+                stats.packets += 1
                 # Non-reference frames that are not targets are skipped: no other frame depends on them.
                 mode = "DEFAULT" if packet.pts in remaining_pts else "NONREF"
                 if mode != skip_mode:
@@ -498,6 +572,8 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
                     raise _FallBack("the decoder produced frames out of timestamp order")
                 last_rank = rank
                 if frame.pts in remaining_pts:
+                    if frame.is_corrupt:
+                        raise _FallBack("the decoder flagged a target frame as corrupt")
                     frames[rank] = frame.to_ndarray(format="rgb24")
                     remaining_pts.discard(frame.pts)
                     remaining.remove(rank)
@@ -509,6 +585,25 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
     return frames
 
 
+def _seek(container, stream, timeline: _Timeline, keyframe: int):
+    """Seek so that demuxing resumes at (or before) the keyframe with pts ``keyframe``; returns the packet iterator.
+
+    Demuxers seek by pts (Matroska) or by dts (MP4, MPEG-TS; MPEG-TS also ignores keyframes), so the keyframe's
+    pts is tried first and its dts second; the first packet tells whether the landing is early enough.
+    """
+    keyframe_position = timeline.decode_position[keyframe]
+    for target in dict.fromkeys((keyframe, timeline.keyframe_dts.get(keyframe))):
+        if target is None:
+            continue
+        container.seek(target, stream=stream, backward=True)
+        packets = container.demux(stream)
+        first = next(packets, None)
+        landing = timeline.decode_position.get(first.pts) if first is not None and first.size else None
+        if landing is not None and landing <= keyframe_position:
+            return itertools.chain([first], packets)
+    raise _FallBack("no seek lands at or before the keyframe of the target")
+
+
 def _keyframe_before(timeline: _Timeline, pts: int) -> int:
     """The pts of the last keyframe shown at or before ``pts`` (the first keyframe if none is)."""
     position = bisect.bisect_right(timeline.keyframe_pts, pts) - 1
@@ -517,12 +612,13 @@ def _keyframe_before(timeline: _Timeline, pts: int) -> int:
     return timeline.keyframe_pts[position]
 
 
-def _decode_by_count(container, stream, indices: list[int], path: str, keep_before: int):
-    """Decode from the first frame, counting frames as they come out; stop after the last target.
+def _decode_by_count(container, stream, indices, path: str, keep_before: int, to_end: bool, stats: _DecodeStats):
+    """Decode from the first frame, counting frames as they come out.
 
-    Keeps (undecoded to RGB, as PyAV frames) every frame whose index lies within ``keep_before`` frames before a
-    target, the targets included. Returns ``(kept, count)``; ``count <= max(indices)`` means the stream ended
-    first, and ``count`` is then the number of frames it decodes to.
+    Keeps (as PyAV frames, not yet converted to RGB) every frame whose index lies within ``keep_before`` frames
+    before a target, the targets included. Stops after the last target, or at the end of the stream when
+    ``to_end``. Returns ``(kept, count)``: ``count`` is the number of frames decoded, which is the number of
+    frames in the stream when it ended first.
     """
     keep = {i - back for i in indices for back in range(keep_before + 1) if i - back >= 0}
     last_target = max(indices)
@@ -530,11 +626,12 @@ def _decode_by_count(container, stream, indices: list[int], path: str, keep_befo
     count = 0
     try:
         for packet in container.demux(stream):
+            stats.packets += bool(packet.size)
             for frame in packet.decode():
                 if count in keep:
                     kept[count] = frame
                 count += 1
-                if count > last_target:
+                if count > last_target and not to_end:
                     return kept, count
     except av.error.FFmpegError as err:
         raise VideoDecodeError(
