@@ -495,7 +495,8 @@ class VideoIndex:
     def build(cls, model, processor, paths: Sequence[str | os.PathLike], batch_size: int = 16,
               num_workers: int = 0, out_dir: str | os.PathLike | None = None, model_path: str | None = None,
               backend: str = "auto", faiss_threshold: int = DEFAULT_FAISS_THRESHOLD,
-              checkpoint_every: int = 512, show_progress: bool = True, **faiss_params) -> "VideoIndex":
+              checkpoint_every: int = 512, show_progress: bool = True, target_recall: float | None = None,
+              **faiss_params) -> "VideoIndex":
         """Embed `paths` and return the index.
 
         Args:
@@ -509,6 +510,8 @@ class VideoIndex:
                 `model.name_or_path` when the model has one.
             backend: "auto" (exact up to `faiss_threshold` vectors, IVF above), "exact", "ivf" or "hnsw";
                 `faiss_params` (nlist, nprobe, hnsw_m, ef_search, ef_construction) tune FAISS.
+            target_recall: with a FAISS backend, raise its search effort until recall@10 against exact search
+                reaches this (see `tune`); None keeps the parameters as given.
         """
         paths = [os.fspath(p) for p in paths]
         if not paths:
@@ -531,6 +534,8 @@ class VideoIndex:
                     failed={paths[p]: reason for p, reason in encoded.failed.items()}, model_path=model_path,
                     model_fingerprint=fingerprint, backend=backend, faiss_threshold=faiss_threshold, model=model,
                     processor=processor, **faiss_params)
+        if target_recall is not None and index.backend != "exact":
+            index.tune(target_recall)
         if out_dir is not None:
             index.save(out_dir)
             for shard in checkpoint.glob("*"):
@@ -652,6 +657,14 @@ class VideoIndex:
         return [[(self.paths[i], float(s)) for s, i in zip(row_s, row_i) if i >= 0]
                 for row_s, row_i in zip(scores, indices)]
 
+    def _sample_queries(self, num_queries: int, seed: int = 0, noise: float = 1.0) -> torch.Tensor:
+        """Stored vectors plus isotropic noise (`noise` x their norm), normalised: `[num_queries, D]`."""
+        generator = torch.Generator().manual_seed(seed)
+        picks = torch.randint(0, len(self), (num_queries,), generator=generator)
+        base = self.embeddings[picks].float()  # [Q, D]
+        jitter = F.normalize(torch.randn(base.shape, generator=generator), dim=-1)
+        return F.normalize(base + noise * base.norm(dim=-1, keepdim=True) * jitter, dim=-1)
+
     def measure_recall(self, num_queries: int = 200, k: int = 10, queries: torch.Tensor | None = None,
                        seed: int = 0, noise: float = 1.0) -> float:
         """Recall@k of the current backend against exact search (1.0 for the exact backend).
@@ -667,21 +680,48 @@ class VideoIndex:
         Returns:
             mean over queries of |approximate top-k ∩ exact top-k| / k.
         """
-        if queries is None:
-            generator = torch.Generator().manual_seed(seed)
-            picks = torch.randint(0, len(self), (num_queries,), generator=generator)
-            base = self.embeddings[picks].float()  # [Q, D]
-            jitter = torch.randn(base.shape, generator=generator)
-            jitter = F.normalize(jitter, dim=-1) * noise * base.norm(dim=-1, keepdim=True)
-            queries = F.normalize(base + jitter, dim=-1)
-        queries = torch.as_tensor(queries).float()
         if self.backend == "exact":
             return 1.0
-        k = min(k, len(self))
-        _, approx = self.search_embeddings(queries, k)
+        if queries is None:
+            queries = self._sample_queries(num_queries, seed, noise)
+        queries = torch.as_tensor(queries).float()
         _, exact = self.search_embeddings(queries, k, exact=True)
-        hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact)]
+        return self._recall_against(queries, exact)
+
+    def _recall_against(self, queries: torch.Tensor, exact_indices: np.ndarray) -> float:
+        """Mean |approximate top-k ∩ exact top-k| / k, with k = exact_indices.shape[1]."""
+        k = exact_indices.shape[1]
+        _, approx = self.search_embeddings(queries, k)
+        hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact_indices)]
         return float(np.mean(hits) / k)
+
+    def tune(self, target_recall: float = 0.95, k: int = 10, num_queries: int = 200,
+             queries: torch.Tensor | None = None, seed: int = 0) -> float:
+        """Raise the FAISS search effort (IVF `nprobe`, HNSW `ef_search`), doubling it, until recall@k against
+        exact search reaches `target_recall` on the queries of `measure_recall`, or the effort is maximal (IVF:
+        every list scanned, which is exhaustive). Returns the recall reached; exact search returns 1.0.
+        """
+        if not 0.0 < target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+        if self.backend == "exact":
+            return 1.0
+        queries = self._sample_queries(num_queries, seed) if queries is None else torch.as_tensor(queries).float()
+        _, exact = self.search_embeddings(queries, k, exact=True)
+        while True:
+            recall = self._recall_against(queries, exact)
+            if self.backend == "ivf":
+                current, limit = self.faiss_params["nprobe"], self.faiss_params["nlist"]
+                if recall >= target_recall or current >= limit:
+                    break
+                self.set_search_params(nprobe=min(2 * current, limit))
+            else:
+                current, limit = self.faiss_params["ef_search"], max(len(self), k)
+                if recall >= target_recall or current >= limit:
+                    break
+                self.set_search_params(ef_search=min(2 * current, limit))
+        logger.info("FAISS %s tuned to %s: recall@%d = %.3f (target %.3f)", self.backend, self.faiss_params, k,
+                    recall, target_recall)
+        return recall
 
     def _text_model(self):
         if self._model is None or self._processor is None:
@@ -762,7 +802,9 @@ class VideoIndex:
             if index._faiss_index.ntotal != len(index):
                 raise ValueError(f"{faiss_file}: {index._faiss_index.ntotal} vectors, index.json lists {len(index)}")
             index.backend = metadata["backend"]
-            index.faiss_params = metadata["faiss_params"]
+            index.faiss_params = dict(metadata["faiss_params"])
+            index.set_search_params(nprobe=index.faiss_params.get("nprobe"),
+                                    ef_search=index.faiss_params.get("ef_search"))
         if model is not None or processor is not None:
             if model is None or processor is None:
                 raise ValueError("pass both model and processor, or neither")

@@ -124,6 +124,16 @@ def test_faiss_backends_agree_with_exact_search(backend, params):
     assert index.measure_recall(num_queries=50, k=10) <= recall
 
 
+def test_tune_raises_search_effort_until_target_recall():
+    torch.manual_seed(0)
+    index = VideoIndex(F.normalize(torch.randn(2000, 32), dim=-1), [str(i) for i in range(2000)], backend="ivf",
+                       nlist=32, nprobe=1)
+    low = index.measure_recall(num_queries=50)
+    reached = index.tune(target_recall=0.99, num_queries=50)
+    assert reached >= 0.99 > low and index.faiss_params["nprobe"] > 1
+    assert index.measure_recall(num_queries=50) == pytest.approx(reached)
+
+
 def test_auto_backend_switches_to_faiss_above_threshold():
     embeddings = F.normalize(torch.randn(500, 8), dim=-1)
     paths = [str(i) for i in range(500)]
@@ -149,11 +159,14 @@ def test_save_load_gives_identical_results(tmp_path, backend):
     embeddings = F.normalize(torch.randn(400, 16), dim=-1)
     index = VideoIndex(embeddings, [f"/videos/{i}.mp4" for i in range(400)], failed={"/x.mp4": "broken"},
                        model_path="/models/m", model_fingerprint="abc", backend=backend)
+    if backend == "ivf":
+        index.set_search_params(nprobe=3)
     index.save(tmp_path / "idx")
     assert not (tmp_path / "idx" / "faiss.index").exists() or backend != "exact"
     loaded = VideoIndex.load(tmp_path / "idx")
     queries = F.normalize(torch.randn(5, 16), dim=-1)
     assert loaded.backend == backend and loaded.paths == index.paths and loaded.failed == index.failed
+    assert loaded.faiss_params == index.faiss_params
     assert loaded.model_path == "/models/m" and loaded.model_fingerprint == "abc"
     assert torch.equal(loaded.embeddings, index.embeddings)
     assert loaded.search(queries, k=7) == index.search(queries, k=7)
