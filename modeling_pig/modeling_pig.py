@@ -444,6 +444,14 @@ class PIGPreTrainedModel(PreTrainedModel):
 # ---------------------------------------------------------------------------------------------------------- model
 
 
+def _describe_mismatch(mismatch) -> str:
+    """`(name, checkpoint_shape, model_shape)` from the loading info -> readable text."""
+    if isinstance(mismatch, tuple) and len(mismatch) == 3:
+        name, checkpoint_shape, model_shape = mismatch
+        return f"{name}: checkpoint {list(checkpoint_shape)} vs model {list(model_shape)}"
+    return str(mismatch)
+
+
 @contextlib.contextmanager
 def _transformers_errors_only():
     """Show only errors from transformers' loggers for the duration of the block."""
@@ -494,7 +502,8 @@ class PIGModel(PIGPreTrainedModel):
         """
         clip_config = CLIPConfig.from_pretrained(pretrained_model_name_or_path)
         config = PIGConfig(clip_config=clip_config.to_dict(), **config_overrides)
-        load_kwargs = {"config": config, "output_loading_info": True}
+        # Mismatched shapes are collected (not raised by transformers) so that the error below can list them.
+        load_kwargs = {"config": config, "output_loading_info": True, "ignore_mismatched_sizes": True}
         if dtype is not None:
             load_kwargs["dtype"] = dtype
         if attn_implementation is not None:
@@ -507,7 +516,7 @@ class PIGModel(PIGPreTrainedModel):
         new_prefixes = ("vip.", "generator.", "interaction.")
         missing_clip = sorted(key for key in info["missing_keys"] if not key.startswith(new_prefixes))
         problems = {"CLIP weights missing": missing_clip, "unexpected weights": sorted(info["unexpected_keys"]),
-                    "weights of the wrong shape": sorted(str(m) for m in info["mismatched_keys"])}
+                    "weights of the wrong shape": sorted(_describe_mismatch(m) for m in info["mismatched_keys"])}
         problems = {kind: keys for kind, keys in problems.items() if keys}
         if problems:
             raise ValueError(
