@@ -1,0 +1,165 @@
+"""Training-step time and peak memory of PIG against its CLIP-ViP baseline (CPU).
+
+Every configuration runs in a fresh Python subprocess (this script with ``--worker``), so that its peak
+resident memory (VmHWM = ``ru_maxrss``) belongs to that configuration alone. A worker builds a randomly
+initialised model and AdamW, then runs ``--steps`` + 1 full steps (forward with ``return_loss=True``,
+backward, optimiser step) on random inputs; the first step allocates the optimiser state, is counted with
+FlopCounterMode (forward + backward FLOPs) and is not timed. Reported: median step time, FLOPs per step,
+peak RSS, and the peak minus the RSS after the model was built (gradients + optimiser state + activations).
+
+    python benchmarks/bench_train_step.py             # tiny and B/32 shapes (docs/performance.md)
+    python benchmarks/bench_train_step.py --quick     # tiny shape, 1 timed step (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from _common import (build_model, clip_config_dict, count_flops, format_bytes, format_seconds,
+                     machine_description, markdown_table, median, random_pixel_values, random_text_inputs,
+                     rss_bytes, timed, write_json)
+
+MODELS = ("CLIP-ViP", "PIG")
+RESULT_PREFIX = "RESULT "  # the worker's last stdout line: RESULT {json}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shape only, 1 timed step")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 3)")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="also run B/32 with activation checkpointing on (when the model supports it)")
+    parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
+    # worker mode: one configuration in this process
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default="tiny", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="PIG", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--num-frames", type=int, default=12, help=argparse.SUPPRESS)
+    parser.add_argument("--activation-checkpointing", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (1 if args.quick else 3)
+    return args
+
+
+def configurations(args: argparse.Namespace) -> list[dict]:
+    """The (shape, batch, frames, checkpointing) grid, each run for every model in ``MODELS``."""
+    if args.quick:
+        grid = [dict(shape="tiny", batch_size=4, num_frames=4, activation_checkpointing=False)]
+    else:
+        grid = [dict(shape="tiny", batch_size=8, num_frames=12, activation_checkpointing=False),
+                dict(shape="b32", batch_size=2, num_frames=12, activation_checkpointing=False)]
+        if args.checkpointing:
+            grid.append(dict(shape="b32", batch_size=2, num_frames=12, activation_checkpointing=True))
+    return [dict(config, model=model) for config in grid for model in MODELS]
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker: one configuration
+# --------------------------------------------------------------------------------------------------
+
+def enable_activation_checkpointing(model) -> None:
+    """Turn on activation checkpointing through transformers' API (clear error when unsupported)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise RuntimeError(f"{type(model).__name__} does not support activation checkpointing "
+                           "(supports_gradient_checkpointing is False)")
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """Run one configuration; return its measurements."""
+    torch.manual_seed(0)
+    model = build_model(args.shape, args.model, num_frames=args.num_frames).train()
+    if args.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.2)
+    clip_config = clip_config_dict(args.shape)
+    generator = torch.Generator().manual_seed(0)
+    batch = dict(random_text_inputs(clip_config, args.batch_size, generator=generator),
+                 pixel_values=random_pixel_values(clip_config, args.batch_size, args.num_frames, generator=generator))
+    rss_after_build, _ = rss_bytes()
+
+    def step():
+        output = model(**batch, return_loss=True)
+        if output.loss is None or not torch.isfinite(output.loss):
+            raise RuntimeError(f"{args.model} {args.shape}: training loss is {output.loss}")
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(output.loss.detach())
+
+    flops, _ = count_flops(step, depth=1)  # first step: optimiser state is allocated here; not timed
+    times = [timed(step)[0] for _ in range(args.steps)]
+    _, peak = rss_bytes()
+    return dict(shape=args.shape, model=args.model, batch_size=args.batch_size, num_frames=args.num_frames,
+                activation_checkpointing=args.activation_checkpointing, steps=args.steps,
+                step_seconds=median(times), all_step_seconds=times, train_gflops_per_step=flops / 1e9,
+                rss_after_build=rss_after_build, peak_rss=peak, threads=torch.get_num_threads())
+
+
+def run_worker_subprocess(config: dict, steps: int) -> dict:
+    """Run one configuration in a fresh interpreter and parse its RESULT line."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--steps", str(steps),
+               "--shape", config["shape"], "--model", config["model"], "--batch-size", str(config["batch_size"]),
+               "--num-frames", str(config["num_frames"])]
+    if config["activation_checkpointing"]:
+        command.append("--activation-checkpointing")
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"worker {config} failed with exit code {completed.returncode}:\n{completed.stderr[-4000:]}")
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if len(lines) != 1:
+        raise RuntimeError(f"worker {config} printed {len(lines)} RESULT lines; stdout:\n{completed.stdout[-4000:]}")
+    return json.loads(lines[0][len(RESULT_PREFIX):])
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run every configuration in its own subprocess; return the raw results."""
+    machine = machine_description()  # before the work: the load average says how busy the machine was
+    from tqdm.auto import tqdm
+
+    rows = [run_worker_subprocess(config, args.steps)
+            for config in tqdm(configurations(args), desc="train step", file=sys.stderr)]
+    for row in rows:
+        base = next(r for r in rows if r["model"] == "CLIP-ViP" and r["shape"] == row["shape"]
+                    and r["activation_checkpointing"] == row["activation_checkpointing"])
+        row["time_ratio_to_vip"] = row["step_seconds"] / base["step_seconds"]
+        row["flops_ratio_to_vip"] = row["train_gflops_per_step"] / base["train_gflops_per_step"]
+        row["peak_ratio_to_vip"] = row["peak_rss"] / base["peak_rss"]
+    return dict(machine=machine, steps=args.steps, rows=rows, command=" ".join(sys.argv))
+
+
+def render(results: dict) -> str:
+    """The markdown report: machine, then one row per configuration."""
+    table = [[row["shape"], f"{row['batch_size']} x {row['num_frames']}",
+              "on" if row["activation_checkpointing"] else "off", row["model"],
+              f"{row['train_gflops_per_step']:.1f}", format_seconds(row["step_seconds"]),
+              f"{row['time_ratio_to_vip']:.2f}x", format_bytes(row["peak_rss"]),
+              format_bytes(row["peak_rss"] - row["rss_after_build"]), f"{row['peak_ratio_to_vip']:.2f}x"]
+             for row in results["rows"]]
+    headers = ["shape", "videos x frames", "act. ckpt", "model", "GFLOPs / step (fwd+bwd)", "step time",
+               "time / CLIP-ViP", "peak RSS", "peak - RSS after build", "peak / CLIP-ViP"]
+    return "\n".join([f"Machine: {results['machine']}",
+                      f"AdamW, fp32, median of {results['steps']} timed steps after one untimed step; each "
+                      "configuration in a fresh subprocess.", "", markdown_table(headers, table)])
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        print(RESULT_PREFIX + json.dumps(worker(args)))
+        return
+    results = run(args)
+    print(render(results))
+    write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
