@@ -87,7 +87,11 @@ class TrainArguments:
     synthetic_num_images: int = field(default=240, metadata={"help": "Synthetic benchmark: stage-1 images."})
     synthetic_seed: int = field(default=0, metadata={
         "help": "Seed of the synthetic benchmark itself (fixed across training seeds)."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Decoding worker processes per process."})
+    dataloader_num_workers: int = field(default=1, metadata={"help": "Decoding worker processes per process."})
+    cpu_threads: Optional[int] = field(default=1, metadata={
+        "help": "torch intra-op threads per process when training on CPU (None: torch's default). 1 suits the "
+                "tiny demo: its operations are too small to gain from more, and extra threads collapse when the "
+                "cores are shared (with the decoding worker, or with other jobs)."})
 
     # ----------------------------------------------------------------- stage-1 data
     stage1_dataset: str = field(default="synthetic", metadata={

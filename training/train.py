@@ -663,9 +663,12 @@ def run(args: TrainArguments, step_callback: Callable | None = None) -> dict:
     accelerator = Accelerator(mixed_precision=args.mixed_precision, step_scheduler_with_optimizer=False,
                               log_with="tensorboard" if args.report_to == "tensorboard" else None,
                               project_dir=args.output_dir)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("training").setLevel(logging.INFO)
     for noisy in ("httpx", "huggingface_hub", "datasets", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if accelerator.device.type == "cpu" and args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_to == "tensorboard":

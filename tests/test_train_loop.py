@@ -1,0 +1,236 @@
+"""train.py end to end on a tiny synthetic benchmark, in-process: both stages, outputs, best/, tensorboard,
+push (mocked Hub), exact resume, NaN stop, undecodable videos."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import training.train as train_module
+from training.args import parse_args
+from training.train import NonFiniteLossError, build_model, load_generator_weights, main
+
+SYNTHETIC = ["--synthetic_num_train", "8", "--synthetic_num_test", "4", "--synthetic_num_images", "8"]
+
+
+def run_train(argv, **kwargs):
+    """main() with a fresh accelerate state (several runs share this process)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return main(argv, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    from datasets_scripts.synthetic import generate_synthetic
+
+    folder = tmp_path_factory.mktemp("synthetic") / "data"
+    generate_synthetic(folder, seed=0, num_train=8, num_test=4, num_images=8, progress=False)
+    return folder
+
+
+def tiny_argv(output_dir, data_dir, *extra):
+    return ["--output_dir", str(output_dir), "--data_dir", str(data_dir), *SYNTHETIC,
+            "--train_batch_size", "4", "--stage1_train_batch_size", "4", "--eval_batch_size", "4",
+            "--logging_steps", "1", *extra]
+
+
+class FakeHfApi:
+    """Records the Hub calls train.py makes and what the folder held at upload time."""
+
+    calls = []
+
+    def create_repo(self, **kwargs):
+        FakeHfApi.calls.append(("create_repo", kwargs))
+
+    def upload_folder(self, **kwargs):
+        files = sorted(p.relative_to(kwargs["folder_path"]).as_posix()
+                       for p in Path(kwargs["folder_path"]).rglob("*") if p.is_file())
+        FakeHfApi.calls.append(("upload_folder", {**kwargs, "files": files}))
+        return "https://hub.example/commit/1"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, synthetic_dir):
+    """One full two-stage run: eval every step (best/), tensorboard, push to a mocked Hub."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(train_module, "HfApi", FakeHfApi)
+    FakeHfApi.calls = []
+    try:
+        summary = run_train(tiny_argv(out, synthetic_dir, "--stage", "both", "--stage1_max_train_steps", "2",
+                                      "--max_train_steps", "2", "--eval_steps", "1", "--report_to", "tensorboard",
+                                      "--push_to_hub", "--hub_model_id", "someone/pig-tiny"))
+    finally:
+        monkeypatch.undo()
+    return out, summary, list(FakeHfApi.calls)
+
+
+def test_two_stage_run_writes_a_loadable_model_processor_card_and_metrics(demo_run):
+    from modeling_pig import PIGModel, PIGProcessor
+
+    out, summary, _ = demo_run
+    for name in ("model.safetensors", "config.json", "README.md", "metrics.json", "run_summary.json"):
+        assert (out / name).is_file(), name
+    model = PIGModel.from_pretrained(out)
+    processor = PIGProcessor.from_pretrained(out)
+    assert processor.num_frames == model.config.num_frames == 4
+    assert processor.tokenizer.vocab_size == model.config.clip_config.text_config.vocab_size == 49408
+    saved = load_file(str(out / "model.safetensors"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["final"]) >= {"t2v_R@1", "t2v_R@5", "t2v_R@10", "t2v_MdR", "t2v_MnR", "v2t_R@1", "step"}
+    assert metrics["final"]["step"] == 2 and metrics["chance_R@1"] == 25.0
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and f"{metrics['final']['t2v_R@1']:.1f}" in card and "2509.04773" in card
+    assert summary["stages"]["1"]["steps"] == 2 and summary["stages"]["2"]["steps"] == 2
+    assert json.loads((out / "run_summary.json").read_text())["failed_videos"] == 0
+
+
+def test_stage_one_trains_only_the_generator(demo_run):
+    out, _, _ = demo_run
+    args = parse_args(tiny_argv(out, "unused"))
+    initial = build_model(args).state_dict()
+    stage1 = load_file(str(out / "stage1" / "model.safetensors"))
+    changed = {name for name, tensor in initial.items() if not torch.equal(tensor, stage1[name])}
+    assert changed, "stage 1 changed nothing"
+    assert all(name.startswith("generator.") for name in changed), sorted(changed)[:5]
+
+
+def test_stage_two_starts_from_the_stage_one_generator_only(demo_run):
+    out, _, _ = demo_run
+    args = parse_args(tiny_argv(out, "unused"))
+    model = build_model(args)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    assert load_generator_weights(model, out / "stage1") > 0
+    stage1 = load_file(str(out / "stage1" / "model.safetensors"))
+    for name, tensor in model.state_dict().items():
+        expected = stage1[name] if name.startswith("generator.") else initial[name]
+        assert torch.equal(tensor, expected), name
+
+
+def test_periodic_evaluation_keeps_the_best_model_and_logs_the_final_step(demo_run):
+    from modeling_pig import PIGModel
+
+    out, summary, _ = demo_run
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert best["step"] == 1 and "t2v_R@1" in best
+    PIGModel.from_pretrained(out / "best")
+    assert (out / "best" / "README.md").is_file()
+    history = summary["stages"]["2"]["history"]
+    assert [h["step"] for h in history] == [1]
+    assert summary["stages"]["2"]["final_metrics"]["t2v_R@1"] == json.loads(
+        (out / "metrics.json").read_text())["final"]["t2v_R@1"]
+
+
+def test_tensorboard_events_are_written(demo_run):
+    out, _, _ = demo_run
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_push_uploads_model_processor_and_card_but_not_checkpoints(demo_run):
+    out, summary, calls = demo_run
+    assert [name for name, _ in calls] == ["create_repo", "upload_folder"]
+    create, upload = calls[0][1], calls[1][1]
+    assert create["repo_id"] == "someone/pig-tiny" and create["exist_ok"] is True
+    assert upload["repo_id"] == "someone/pig-tiny" and Path(upload["folder_path"]) == out
+    assert {"model.safetensors", "config.json", "README.md"} <= set(upload["files"])
+    assert any(name.startswith("tokenizer") or name == "processor_config.json" for name in upload["files"])
+    assert "stage1/**" in upload["ignore_patterns"] and "checkpoints/**" in upload["ignore_patterns"]
+    assert "someone/pig-tiny" in (out / "README.md").read_text()
+    assert summary["hub_commit"] == "https://hub.example/commit/1"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_gives_the_same_weights_as_a_straight_run(tmp_path, synthetic_dir):
+    # 8 videos, batch 2: 4 steps per epoch; steps 3 + 3 cross an epoch boundary. Dropout stays on (interaction
+    # dropout 0.1), so the RNG state must resume too.
+    common = ["--stage", "2", "--train_batch_size", "2", "--max_train_steps", "6", "--checkpointing_steps", "1",
+              "--checkpoints_total_limit", "2", "--no_do_final_eval"]
+    straight = tmp_path / "straight"
+    run_train(tiny_argv(straight, synthetic_dir, *common))
+
+    def stop_after_three(state):
+        if state.step == 3:
+            raise Interrupted
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        run_train(tiny_argv(resumed, synthetic_dir, *common), step_callback=stop_after_three)
+    assert not (resumed / "model.safetensors").exists()
+    run_train(tiny_argv(resumed, synthetic_dir, *common, "--resume_from_checkpoint", "latest"))
+
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    losses = [json.loads(line)["loss"] for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    resumed_losses = [json.loads(line)["loss"] for line in (resumed / "train_log.jsonl").read_text().splitlines()]
+    assert resumed_losses == losses
+    # bounded: only the newest two checkpoints survive
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step_5", "step_6"]
+
+
+def test_a_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    (out / "checkpoints" / "step_1").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="resume_from_checkpoint latest"):
+        run_train(tiny_argv(out, synthetic_dir, "--stage", "2", "--max_train_steps", "1", "--no_do_final_eval"))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_dir, monkeypatch):
+    real_loss = train_module.stage_loss
+    calls = {"n": 0}
+
+    def loss_that_turns_nan(output, stage, config):
+        calls["n"] += 1
+        loss = real_loss(output, stage, config)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module, "stage_loss", loss_that_turns_nan)
+    out = tmp_path / "out"
+    with pytest.raises(NonFiniteLossError, match=r"step 3 .*Last good checkpoint: .*step_2"):
+        run_train(tiny_argv(out, synthetic_dir, "--stage", "2", "--train_batch_size", "2", "--max_train_steps", "6",
+                            "--checkpointing_steps", "2", "--no_do_final_eval"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2"]
+    state = json.loads((out / "checkpoints" / "step_2" / "train_state.json").read_text())
+    assert state["step"] == 2
+    weights = load_file(str(out / "checkpoints" / "step_2" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (out / "model.safetensors").exists()
+    assert "step 3" in json.loads((out / "run_summary.json").read_text())["error"]
+
+
+def test_a_huge_learning_rate_ends_in_a_clear_non_finite_error(tmp_path, synthetic_dir):
+    with pytest.raises(NonFiniteLossError, match=r"stage 2: the (loss|gradient norm) is .* at step \d+"):
+        run_train(tiny_argv(tmp_path / "out", synthetic_dir, "--stage", "2", "--learning_rate", "1e30",
+                            "--max_grad_norm", "0", "--max_train_steps", "5", "--no_do_final_eval",
+                            "--lr_scheduler_type", "constant"))
+
+
+def test_undecodable_videos_are_skipped_and_counted(tmp_path, synthetic_dir, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    videos = sorted((data / "videos" / "train").glob("*.mp4"))
+    videos[0].write_bytes(b"this is not an mp4 file")
+    videos[1].write_bytes(videos[1].read_bytes()[:200])  # truncated
+    out = tmp_path / "out"
+    # batch 1: every bad video empties its batch; 7 good steps need more than the first epoch of 8 visits
+    argv = tiny_argv(out, data, "--stage", "2", "--train_batch_size", "1", "--max_train_steps", "7",
+                     "--no_do_final_eval")
+    with caplog.at_level("WARNING"):
+        summary = run_train(argv)
+    assert summary["stages"]["2"]["steps"] == 7
+    assert summary["failed_videos"] >= 2 and summary["skipped_batches"] == summary["failed_videos"]
+    on_disk = json.loads((out / "run_summary.json").read_text())
+    assert on_disk["failed_videos"] == summary["failed_videos"]
+    assert videos[0].name in caplog.text and videos[1].name in caplog.text
