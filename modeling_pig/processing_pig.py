@@ -1,0 +1,272 @@
+"""PIGProcessor: CLIP tokenizer + video frames -> model inputs.
+
+Text goes through the real CLIP BPE tokenizer (its vocabulary ships in ``modeling_pig/tokenizer_files``), padded
+to ``max_length`` as the authors do. Videos are decoded and sampled by :mod:`modeling_pig.video_io`, then resized
+and normalised with CLIP's mean/std into ``pixel_values`` ``float32 [batch, frames, 3, S, S]``.
+
+Two resize modes:
+
+* ``"squash"`` (default; the authors' transform, pig-method.md §6.2): the whole frame is resized to ``S x S``
+  (aspect ratio not kept) with bicubic interpolation on float pixels in ``[0, 1]``, no antialiasing, no clamping:
+  what ``torchvision.transforms.Resize((S, S), BICUBIC)`` does to a float tensor in the torchvision versions of
+  the authors' Docker images (0.9 for CLIP-ViP, 0.12 for F-Pig). Computed with ``torch.nn.functional.interpolate``.
+* ``"center_crop"`` (standard CLIP): the short side is resized to ``S`` with PIL's bicubic filter, then the
+  centre ``S x S`` is cut out. This reproduces OpenAI's CLIP preprocessing exactly (checked against the reference
+  output of ``franz-kafka.jpg`` in ../shared/data/clip).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoProcessor, BatchFeature, CLIPTokenizer, ProcessorMixin
+
+from .configuration_pig import PIGConfig
+from .video_io import read_video_frames
+
+__all__ = ["PIGProcessor", "RESIZE_MODES"]
+
+RESIZE_MODES = ("squash", "center_crop")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_TEXT_POSITIONS = 77  # CLIP's text tower has 77 position embeddings
+# Where the shipped vocabulary lives (a path, not an import: this file is also copied alone as remote code).
+_SHIPPED_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer_files"
+
+
+def load_shipped_clip_tokenizer():
+    """The real CLIP tokenizer (49,408 tokens), built offline from the vocabulary files shipped with the package."""
+    if not (_SHIPPED_TOKENIZER_DIR / "vocab.json").is_file():
+        raise FileNotFoundError(
+            f"the CLIP vocabulary is missing from {_SHIPPED_TOKENIZER_DIR}; reinstall the package or pass "
+            "tokenizer=... explicitly"
+        )
+    return CLIPTokenizer.from_pretrained(_SHIPPED_TOKENIZER_DIR, model_max_length=CLIP_TEXT_POSITIONS)
+
+
+class PIGProcessor(ProcessorMixin):
+    r"""Turns captions and videos (or images) into the inputs of :class:`~modeling_pig.PIGModel`.
+
+    Args:
+        tokenizer: a CLIP tokenizer; ``None`` builds the real one from the vocabulary shipped with the package.
+        num_frames: frames sampled from each video (the authors use 12).
+        image_size: side ``S`` of the square frames (224 for CLIP ViT-B).
+        max_length: text length in tokens, special tokens included; every caption is padded (with
+            ``<|endoftext|>``) or truncated to it (the authors use 50).
+        resize_mode: ``"squash"`` (the authors' resize of the whole frame to ``S x S``) or ``"center_crop"``
+            (standard CLIP: short side to ``S``, centre crop); see the module docstring.
+
+    ``num_frames``, ``image_size``, ``max_length`` and ``resize_mode`` are saved by :meth:`save_pretrained` in
+    ``processor_config.json`` (the tokenizer files next to it), and restored by :meth:`from_pretrained` and
+    ``AutoProcessor.from_pretrained``.
+
+    Example::
+
+        processor = PIGProcessor()
+        inputs = processor(text=["a man plays a guitar"], videos=["a.mp4", "b.mp4"], return_tensors="pt")
+        inputs["input_ids"].shape      # [1, 50]
+        inputs["pixel_values"].shape   # [2, 12, 3, 224, 224]
+    """
+
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, tokenizer=None, num_frames: int = 12, image_size: int = 224, max_length: int = 50,
+                 resize_mode: str = "squash", **kwargs):
+        if tokenizer is None:
+            tokenizer = load_shipped_clip_tokenizer()
+        _check_positive_int("num_frames", num_frames)
+        _check_positive_int("image_size", image_size)
+        _check_positive_int("max_length", max_length)
+        if max_length < 2:
+            raise ValueError(f"max_length must leave room for the start and end tokens (>= 2), got {max_length}")
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+        self.num_frames = int(num_frames)
+        self.image_size = int(image_size)
+        self.max_length = int(max_length)
+        self.resize_mode = resize_mode
+        super().__init__(tokenizer, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the call
+
+    def __call__(self, text=None, videos=None, images=None, return_tensors: str = "pt", mode: str = "test",
+                 generator: torch.Generator | None = None, starts=None, ends=None, **kwargs) -> BatchFeature:
+        """Tokenise captions and turn videos (or images) into frames.
+
+        Args:
+            text: a caption or a list of captions. Empty or whitespace-only captions raise ``ValueError``.
+            videos: a video (path, or ``uint8`` frames ``[T, H, W, 3]``) or a list of them. Paths are decoded and
+                sampled to ``num_frames`` frames (``mode``, ``generator``, ``starts``/``ends`` apply); frame
+                arrays are used as given (all their frames), so a batch of arrays must share ``T``.
+            images: an image (path or ``PIL.Image``) or a list of them; each becomes a 1-frame video
+                (stage-1 pre-training). Not together with ``videos``.
+            return_tensors: ``"pt"`` (torch) or ``"np"`` (numpy).
+            mode: frame sampling for video paths, ``"test"`` (evenly spaced) or ``"train"`` (jittered ends).
+            generator: random source for ``mode="train"``.
+            starts, ends: optional per-video clip bounds in seconds (lists aligned with ``videos``, ``None``
+                entries meaning the whole video).
+
+        Returns:
+            ``BatchFeature`` with ``input_ids`` and ``attention_mask`` ``[n_text, max_length]`` when ``text`` is
+            given, and ``pixel_values`` ``float32 [n_video, T, 3, S, S]`` when ``videos`` or ``images`` are.
+
+        Raises:
+            ValueError: bad arguments or an empty caption. VideoDecodeError: a video that cannot be decoded.
+        """
+        if kwargs:
+            raise TypeError(f"PIGProcessor got unexpected keyword arguments: {sorted(kwargs)}")
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        if text is None and videos is None and images is None:
+            raise ValueError("give at least one of text, videos or images")
+        if videos is not None and images is not None:
+            raise ValueError("give videos or images, not both: they make pixel_values of different frame counts")
+        data = {}
+        if text is not None:
+            data.update(self.tokenize(text))
+        if videos is not None:
+            data["pixel_values"] = self.process_videos(videos, mode=mode, generator=generator, starts=starts, ends=ends)
+        if images is not None:
+            data["pixel_values"] = self.process_images(images)
+        if return_tensors == "np":
+            data = {key: value.numpy() for key, value in data.items()}
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def tokenize(self, text) -> dict[str, torch.Tensor]:
+        """Captions -> ``input_ids`` and ``attention_mask``, ``int64 [n_text, max_length]``, padded to max_length."""
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise ValueError(f"text must be a string or a non-empty list of strings, got {type(text).__name__}")
+        for i, caption in enumerate(texts):
+            if not isinstance(caption, str):
+                raise ValueError(f"text[{i}] must be a string, got {type(caption).__name__}")
+            if not caption.strip():
+                raise ValueError(f"text[{i}] is empty or whitespace only: {caption!r}")
+        encoded = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def process_videos(self, videos, mode: str = "test", generator: torch.Generator | None = None,
+                       starts=None, ends=None) -> torch.Tensor:
+        """Videos (paths or ``uint8 [T, H, W, 3]`` frame arrays) -> ``float32 [n_video, T, 3, S, S]``."""
+        if isinstance(videos, (str, os.PathLike)) or (hasattr(videos, "ndim") and videos.ndim == 4):
+            videos = [videos]
+        if not isinstance(videos, (list, tuple)) or not videos:
+            raise ValueError("videos must be a path, a frame array [T, H, W, 3], or a non-empty list of them")
+        starts = _per_video("starts", starts, len(videos))
+        ends = _per_video("ends", ends, len(videos))
+        clips = []
+        for i, video in enumerate(videos):
+            if isinstance(video, (str, os.PathLike)):
+                clips.append(self.load_video(video, mode=mode, generator=generator, start=starts[i], end=ends[i]))
+            else:
+                if starts[i] is not None or ends[i] is not None:
+                    raise ValueError(f"videos[{i}] is a frame array: starts/ends apply to video files only")
+                clips.append(self.preprocess_frames(video))
+        lengths = {clip.shape[0] for clip in clips}
+        if len(lengths) > 1:
+            raise ValueError(f"the videos of one batch must have the same number of frames, got {sorted(lengths)}")
+        return torch.stack(clips)  # [n_video, T, 3, S, S]
+
+    def process_images(self, images) -> torch.Tensor:
+        """Images (paths or ``PIL.Image``) -> 1-frame videos ``float32 [n_image, 1, 3, S, S]``."""
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        if not isinstance(images, (list, tuple)) or not images:
+            raise ValueError("images must be a path, a PIL image, or a non-empty list of them")
+        return torch.stack([self.load_image(image) for image in images])  # [n_image, 1, 3, S, S]
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the pieces a trainer or an indexer uses without re-decoding
+
+    def load_video(self, path, mode: str = "test", generator: torch.Generator | None = None,
+                   start: float | None = None, end: float | None = None) -> torch.Tensor:
+        """Decode ``num_frames`` frames of one video file and preprocess them: ``float32 [T, 3, S, S]``.
+
+        Sampling as in :func:`modeling_pig.video_io.read_video_frames`; raises its ``VideoDecodeError``.
+        """
+        frames = read_video_frames(path, num_frames=self.num_frames, mode=mode, start=start, end=end, generator=generator)
+        return self.preprocess_frames(frames)
+
+    def load_image(self, image) -> torch.Tensor:
+        """One image (path or ``PIL.Image``) as a 1-frame video: ``float32 [1, 3, S, S]``."""
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                with Image.open(image) as opened:
+                    image = opened.convert("RGB")
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{os.fspath(image)}: not a readable image ({type(err).__name__}: {err})") from err
+        elif not isinstance(image, Image.Image):
+            raise ValueError(f"an image must be a path or a PIL.Image, got {type(image).__name__}")
+        return self.preprocess_frames(np.asarray(image.convert("RGB"))[None])
+
+    def preprocess_frames(self, frames) -> torch.Tensor:
+        """Decoded RGB frames ``uint8 [T, H, W, 3]`` (numpy or torch) -> ``float32 [T, 3, S, S]``, CLIP-normalised."""
+        frames = _as_uint8_frames(frames)
+        if self.resize_mode == "squash":
+            pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)  # [T, 3, H, W] in [0, 1]
+            pixels = F.interpolate(
+                pixels, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=False
+            )  # [T, 3, S, S]
+        else:
+            pixels = torch.from_numpy(np.stack([self._center_crop(frame) for frame in frames]))  # [T, S, S, 3] uint8
+            pixels = pixels.permute(0, 3, 1, 2).float().div_(255.0)  # [T, 3, S, S]
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        return (pixels - mean) / std
+
+    def _center_crop(self, frame: np.ndarray) -> np.ndarray:
+        """OpenAI CLIP's resize (short side to S, PIL bicubic) and centre crop of one ``uint8 [H, W, 3]`` frame."""
+        height, width = frame.shape[:2]
+        size = self.image_size
+        if width <= height:
+            new_width, new_height = size, int(size * height / width)
+        else:
+            new_width, new_height = int(size * width / height), size
+        resized = np.asarray(Image.fromarray(frame).resize((new_width, new_height), Image.BICUBIC))
+        top, left = (new_height - size) // 2, (new_width - size) // 2
+        return resized[top : top + size, left : left + size]
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _per_video(name: str, values, count: int) -> list:
+    if values is None:
+        return [None] * count
+    if isinstance(values, (int, float)):
+        raise ValueError(f"{name} must be a list with one entry (seconds or None) per video")
+    values = list(values)
+    if len(values) != count:
+        raise ValueError(f"{name} has {len(values)} entries for {count} videos")
+    return values
+
+
+def _as_uint8_frames(frames) -> np.ndarray:
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        shape = getattr(frames, "shape", None)
+        raise ValueError(f"frames must be an array [T, H, W, 3] with T >= 1, got {type(frames).__name__} {shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB (0..255), got {frames.dtype}")
+    if not (frames.flags.c_contiguous and frames.flags.writeable):  # e.g. np.asarray(PIL image) is read-only
+        frames = np.array(frames, order="C")
+    return frames
+
+
+AutoProcessor.register(PIGConfig, PIGProcessor, exist_ok=True)
+PIGProcessor.register_for_auto_class("AutoProcessor")

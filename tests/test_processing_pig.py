@@ -1,0 +1,223 @@
+"""PIGProcessor (modeling_pig/processing_pig.py): tokenizer, frame preprocessing, save/load, DataLoader workers."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_video_io import write_video  # tests/ is on sys.path (no __init__.py: pytest's default import mode)
+from transformers import AutoProcessor
+
+from modeling_pig import PIGProcessor
+from modeling_pig.processing_pig import CLIP_MEAN, CLIP_STD
+from modeling_pig.tokenizer_files import MERGES_FILE, VOCAB_FILE
+from modeling_pig.tokenizer_files.derive import vocabulary_file_texts
+from modeling_pig.video_io import read_video_frames
+
+CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
+START, END = 49406, 49407
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return PIGProcessor()
+
+
+@pytest.fixture(scope="module")
+def small_videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("processor")
+    return [write_video(folder / f"v{i}.mp4", num_frames=20 + 7 * i, size=(48 + 16 * i, 32)) for i in range(4)]
+
+
+def _normalise(pixels01):
+    """[..., 3, H, W] in [0, 1] -> CLIP-normalised."""
+    return (pixels01 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def test_default_processor_is_offline_real_clip_with_the_authors_defaults(processor):
+    assert processor.tokenizer("a photo of a cat")["input_ids"] == CAT_IDS
+    assert len(processor.tokenizer) == 49408
+    assert (processor.num_frames, processor.image_size, processor.max_length, processor.resize_mode) == (
+        12, 224, 50, "squash")
+
+
+def test_shipped_vocabulary_files_are_what_the_gz_derives(shared_data):
+    texts = vocabulary_file_texts(shared_data / "clip" / "bpe_simple_vocab_16e6.txt.gz")
+    assert VOCAB_FILE.read_text(encoding="utf-8") == texts["vocab.json"]
+    assert MERGES_FILE.read_text(encoding="utf-8") == texts["merges.txt"]
+    assert texts["merges.txt"].count("\n") == 48894 + 1  # header + one line per merge
+
+
+def test_captions_are_padded_and_truncated_to_max_length(processor):
+    out = processor(text=["a photo of a cat", "word " * 80])
+    assert out["input_ids"].shape == (2, 50) and out["input_ids"].dtype == torch.int64
+    assert out["input_ids"][0, :7].tolist() == CAT_IDS and (out["input_ids"][0, 7:] == END).all()
+    assert out["attention_mask"][0].tolist() == [1] * 7 + [0] * 43
+    assert out["input_ids"][1, 0] == START and out["input_ids"][1, -1] == END  # truncated, end token kept
+    assert out["attention_mask"][1].all()
+
+
+@pytest.mark.parametrize("text", ["", "   ", ["a dog", " \n\t"], [""]])
+def test_empty_captions_raise_a_clear_error(processor, text):
+    with pytest.raises(ValueError, match="empty or whitespace"):
+        processor(text=text)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# frames
+
+
+def _bicubic_reference(image, size):
+    """Independent separable bicubic (Keys a=-0.75, half-pixel centres, edge clamp, no antialias) in numpy.
+
+    image: float64 [C, H, W] -> [C, size, size].
+    """
+    def weights(in_len):
+        matrix = np.zeros((size, in_len))
+        for o in range(size):
+            x = (o + 0.5) * in_len / size - 0.5
+            i0 = int(np.floor(x))
+            t = x - i0
+            for k in range(-1, 3):
+                d = abs(k - t)
+                a = -0.75
+                w = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+                matrix[o, min(max(i0 + k, 0), in_len - 1)] += w
+        return matrix
+    rows, cols = weights(image.shape[1]), weights(image.shape[2])
+    return np.einsum("oh,chw,pw->cop", rows, image, cols)
+
+
+def test_squash_is_the_authors_bicubic_resize_of_the_whole_frame():
+    processor = PIGProcessor(image_size=24)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 30, 50, 3), dtype=np.uint8)  # 5:3, squashed to 1:1
+    out = processor.preprocess_frames(frames)
+    assert out.shape == (2, 3, 24, 24) and out.dtype == torch.float32
+    expected = torch.from_numpy(_bicubic_reference(frames[1].transpose(2, 0, 1) / 255.0, 24)).float()
+    torch.testing.assert_close(out[1], _normalise(expected), atol=2e-5, rtol=0)
+
+
+def test_center_crop_matches_openai_clip_preprocessing(shared_data):
+    folder = shared_data / "clip"
+    expected = np.load(folder / "expected_preprocessed_image.npy")  # [1, 3, 224, 224]
+    out = PIGProcessor(resize_mode="center_crop")(images=str(folder / "franz-kafka.jpg"))["pixel_values"]
+    assert out.shape == (1, 1, 3, 224, 224)
+    assert np.abs(out[0, 0].numpy() - expected[0]).max() < 1e-4
+
+
+def test_a_constant_frame_keeps_its_colour_in_both_modes():
+    frames = np.full((1, 40, 70, 3), (10, 128, 250), np.uint8)
+    expected = _normalise(torch.tensor([10, 128, 250]).view(3, 1, 1) / 255.0).expand(3, 16, 16)
+    for mode in ("squash", "center_crop"):
+        torch.testing.assert_close(PIGProcessor(image_size=16, resize_mode=mode).preprocess_frames(frames)[0],
+                                   expected, atol=1e-5, rtol=0)
+
+
+def test_videos_from_paths_and_frame_arrays(processor, small_videos):
+    frames = read_video_frames(small_videos[1], 12)
+    out = processor(text="a clip", videos=[small_videos[0], frames])
+    assert out["pixel_values"].shape == (2, 12, 3, 224, 224) and out["pixel_values"].dtype == torch.float32
+    torch.testing.assert_close(out["pixel_values"][0], processor.load_video(small_videos[0]))
+    torch.testing.assert_close(out["pixel_values"][1], processor.preprocess_frames(frames))
+    assert out["input_ids"].shape == (1, 50)
+
+
+def test_train_mode_and_clips_pass_through_to_the_decoder(small_videos):
+    processor = PIGProcessor(num_frames=4, image_size=32)
+    first = processor.load_video(small_videos[3], mode="train", generator=torch.Generator().manual_seed(5))
+    again = processor.load_video(small_videos[3], mode="train", generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(first, again)
+    clip = processor(videos=[small_videos[3]], starts=[0.4], ends=[0.8])["pixel_values"][0]
+    torch.testing.assert_close(clip, processor.preprocess_frames(read_video_frames(small_videos[3], 4, start=0.4, end=0.8)))
+
+
+def test_images_become_one_frame_videos(tmp_path):
+    processor = PIGProcessor(image_size=32)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    image.save(tmp_path / "image.png")
+    out = processor(text=["an image", "another"], images=[image, tmp_path / "image.png"])
+    assert out["pixel_values"].shape == (2, 1, 3, 32, 32)
+    torch.testing.assert_close(out["pixel_values"][0], out["pixel_values"][1])
+
+
+def test_bad_inputs_raise_clear_errors(processor, small_videos, tmp_path):
+    frames = read_video_frames(small_videos[0], 12)
+    with pytest.raises(ValueError, match="not both"):
+        processor(videos=[frames], images=[Image.new("RGB", (8, 8))])
+    with pytest.raises(ValueError, match="same number of frames"):
+        processor(videos=[frames, frames[:5]])
+    with pytest.raises(ValueError, match="uint8"):
+        processor.preprocess_frames(frames.astype(np.float32))
+    with pytest.raises(ValueError, match="entries for"):
+        processor(videos=[small_videos[0]], starts=[0.0, 1.0])
+    with pytest.raises(ValueError, match="return_tensors"):
+        processor(text="x", return_tensors="tf")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        processor(images=[tmp_path / "broken.jpg"])
+    with pytest.raises(ValueError, match="resize_mode"):
+        PIGProcessor(resize_mode="pad")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# save / load, AutoProcessor, workers
+
+
+def test_save_and_load_round_trip_keeps_settings_and_outputs(tmp_path, small_videos):
+    processor = PIGProcessor(num_frames=4, image_size=32, max_length=16, resize_mode="center_crop")
+    processor.save_pretrained(tmp_path)
+    assert {"processor_config.json", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(tmp_path))
+    reference = processor(text=["a photo of a cat"], videos=[small_videos[2]])
+    for loaded in (PIGProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
+        assert type(loaded) is PIGProcessor
+        assert (loaded.num_frames, loaded.image_size, loaded.max_length, loaded.resize_mode) == (
+            4, 32, 16, "center_crop")
+        out = loaded(text=["a photo of a cat"], videos=[small_videos[2]])
+        assert torch.equal(out["input_ids"], reference["input_ids"])
+        torch.testing.assert_close(out["pixel_values"], reference["pixel_values"])
+    assert PIGProcessor.from_pretrained(tmp_path, num_frames=8).num_frames == 8  # keyword overrides
+
+
+def test_auto_processor_with_trust_remote_code_in_a_fresh_process(tmp_path):
+    PIGProcessor(num_frames=5, max_length=20).save_pretrained(tmp_path)
+    code = (
+        "import sys; from transformers import AutoProcessor\n"
+        f"p = AutoProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)\n"
+        "assert not any(m.startswith('modeling_pig') for m in sys.modules), 'modeling_pig was imported'\n"
+        "print(type(p).__name__, p.num_frames, p(text='a photo of a cat')['input_ids'][0, :7].tolist())\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"PIGProcessor 5 {CAT_IDS}"
+
+
+class _VideoDataset(torch.utils.data.Dataset):
+    def __init__(self, processor, paths):
+        self.processor, self.paths = processor, paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return self.processor.load_video(self.paths[index])
+
+
+def test_decoding_in_dataloader_workers(small_videos):
+    processor = PIGProcessor(num_frames=3, image_size=16)
+    clone = pickle.loads(pickle.dumps(processor))  # workers may receive it pickled (spawn start method)
+    assert clone.tokenizer("a photo of a cat")["input_ids"] == CAT_IDS
+    loader = torch.utils.data.DataLoader(_VideoDataset(processor, small_videos), batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert [b.shape for b in batches] == [(2, 3, 3, 16, 16)] * 2
+    expected = torch.stack([processor.load_video(p) for p in small_videos])
+    torch.testing.assert_close(torch.cat(batches), expected)
