@@ -110,9 +110,20 @@ def gather_features(*features: torch.Tensor | None) -> tuple[torch.Tensor | None
         return features
     if torch.distributed.get_world_size() == 1:
         return features
+    return tuple(None if feature is None else _all_gather_with_grad(feature) for feature in features)
+
+
+def _all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """`[n, ...]` on each of W processes -> `[W * n, ...]` in rank order; the backward sums over processes."""
+    from torch.distributed import _functional_collectives as funcol
+
+    if hasattr(funcol, "all_gather_single"):
+        # torch >= 2.13: differentiable; the replacement the deprecation of the function below points to
+        group = torch.distributed.group.WORLD
+        return funcol.all_gather_single(tensor.contiguous(), 0, group)
     from torch.distributed.nn.functional import all_gather
 
-    return tuple(None if feature is None else torch.cat(all_gather(feature), dim=0) for feature in features)
+    return torch.cat(all_gather(tensor), dim=0)
 
 
 def contrastive_loss(text_embeds: torch.Tensor, video_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
