@@ -375,6 +375,21 @@ def test_temporal_embedding_is_linearly_interpolated_for_other_frame_counts():
     assert images.video_embeds.shape == (2, 24)
 
 
+def test_eager_and_sdpa_attention_give_the_same_outputs():
+    inputs = random_inputs(n_text=2, n_video=2)
+    outputs = {}
+    for implementation in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        model = PIGModel._from_config(tiny_pig_config(), attn_implementation=implementation).eval()
+        assert model.clip.text_model.config._attn_implementation == implementation
+        assert model.generator.encoder.layers[0].self_attn.config._attn_implementation == implementation
+        with torch.no_grad():
+            outputs[implementation] = model(**inputs, return_loss=True)
+    torch.testing.assert_close(outputs["eager"].loss, outputs["sdpa"].loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs["eager"].pseudo_query_embeds, outputs["sdpa"].pseudo_query_embeds,
+                               rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------- baselines
 
 
