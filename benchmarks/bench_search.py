@@ -4,7 +4,9 @@
     python benchmarks/bench_search.py --quick    # smoke test: 2k and 10k vectors, seconds
     python benchmarks/bench_search.py --sizes 10000 100000 --json search.json
 
-Stored vectors are random 512-d unit vectors in fp16 (the index's storage format). Queries are stored vectors
+Stored vectors are random 512-d unit vectors in fp16 (the index's storage format): uniform on the sphere (the
+worst case for approximate search), or with `--intrinsic_dim R` drawn from a random R-dimensional subspace
+(structured data, closer to learned embeddings). Queries are stored vectors
 plus isotropic noise of the same norm, normalised (cosine ~0.7 to their source): each query has one close
 match, as a text query has, and its other nine neighbours are as ambiguous as random data makes them, which is
 harder for an approximate index than real, clustered embeddings. Recall@10 is measured against exact search on
@@ -49,13 +51,24 @@ BATCH_QUERIES = 64
 RECALL_QUERIES = 200
 
 
-def random_store(n: int, dim: int, seed: int) -> torch.Tensor:
-    """`[n, dim]` random unit vectors in fp16, generated in chunks (no float32 copy of the whole store)."""
+def random_store(n: int, dim: int, seed: int, intrinsic_dim: int | None = None) -> torch.Tensor:
+    """`[n, dim]` random unit vectors in fp16, generated in chunks (no float32 copy of the whole store).
+
+    `intrinsic_dim=None`: uniform on the sphere. Otherwise Gaussian in a random `intrinsic_dim`-dimensional
+    subspace, then normalised: data with low intrinsic dimension, as learned embeddings have.
+    """
     generator = torch.Generator().manual_seed(seed)
+    basis = None
+    if intrinsic_dim is not None:
+        basis = torch.linalg.qr(torch.randn(dim, intrinsic_dim, generator=generator)).Q.T  # [r, dim], orthonormal
     store = torch.empty(n, dim, dtype=torch.float16)
     for start in range(0, n, 65_536):
         rows = min(65_536, n - start)
-        store[start:start + rows] = F.normalize(torch.randn(rows, dim, generator=generator), dim=-1).half()
+        if basis is None:
+            block = torch.randn(rows, dim, generator=generator)
+        else:
+            block = torch.randn(rows, basis.shape[0], generator=generator) @ basis  # [rows, dim]
+        store[start:start + rows] = F.normalize(block, dim=-1).half()
     return store
 
 
@@ -153,15 +166,18 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--hnsw_max", type=int, default=100_000,
                         help="largest size at which HNSW is built (its build is the slow part)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--intrinsic_dim", type=int, default=None,
+                        help="stored vectors lie in a random subspace of this dimension (default: uniform)")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
     sizes = [2_000, 10_000] if args.quick else args.sizes
     print(machine_description())
-    print(f"k={K}, dim={DIM}, fp16 store; latency over {SINGLE_QUERIES} single queries, recall over "
+    data = "uniform" if args.intrinsic_dim is None else f"intrinsic dimension {args.intrinsic_dim}"
+    print(f"data: {data}; k={K}, dim={DIM}, fp16 store; latency over {SINGLE_QUERIES} single queries, recall over "
           f"{RECALL_QUERIES} queries\n", flush=True)
     results = []
     for n in sizes:
-        store = random_store(n, DIM, args.seed)
+        store = random_store(n, DIM, args.seed, args.intrinsic_dim)
         queries = noisy_queries(store, max(SINGLE_QUERIES, BATCH_QUERIES, RECALL_QUERIES), args.seed + 1)
         for backend, params in cases_for(n, args.hnsw_max):
             result = run_case(store, queries, backend, params)
@@ -170,7 +186,7 @@ def main(argv=None) -> list[dict]:
         del store
     print()
     print(markdown_table(HEADERS, [format_row(r) for r in results]))
-    write_json(args.json, {"machine": machine_description(), "results": results})
+    write_json(args.json, {"machine": machine_description(), "data": data, "results": results})
     return results
 
 

@@ -195,18 +195,18 @@ class _VideoClips(torch.utils.data.Dataset):
         return len(self.positions)
 
     def __getitem__(self, item):
-        from .video_io import VideoDecodeError, read_video_frames  # PyAV is only needed when decoding
+        from .video_io import VideoDecodeError  # PyAV is only needed when decoding
 
         position = self.positions[item]
         path = self.videos[position]
         if path is None:
             return position, None, "no video file (the dataset row has video=None)"
         try:
-            frames = read_video_frames(path, num_frames=self.num_frames, mode="test",
-                                       start=self.starts[position], end=self.ends[position])  # [T, H, W, 3]
+            # the processor's own decoding + preprocessing: num_frames test-time frames of [start, end)
+            pixel_values = self.processor.load_video(path, mode="test", start=self.starts[position],
+                                                     end=self.ends[position])  # [T, 3, S, S]
         except VideoDecodeError as err:
             return position, None, str(err)
-        pixel_values = self.processor(videos=[frames], return_tensors="pt")["pixel_values"][0]  # [T, 3, S, S]
         return position, pixel_values, None
 
 
@@ -294,12 +294,12 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
                   show_progress: bool = True, desc: str = "videos", model_fp: str | None = None) -> EncodedVideos:
     """Embed videos with the video tower only, skipping (and reporting) the ones that cannot be decoded.
 
-    Frames are read with `video_io.read_video_frames(path, processor.num_frames, mode="test", start, end)` and
-    preprocessed by `processor(videos=[frames])` inside DataLoader workers (`num_workers`).
+    Each video is decoded and preprocessed by `processor.load_video(path, mode="test", start, end)` (the
+    processor's `num_frames` evenly spaced frames) inside DataLoader workers (`num_workers`).
 
     Args:
         model: has `get_video_features(pixel_values).pooler_output`.
-        processor: a PIGProcessor (or anything with `num_frames` and `__call__(videos=...)`).
+        processor: a PIGProcessor (or anything with `load_video(path, mode, start, end) -> [T, 3, S, S]`).
         videos: video paths (None counts as a missing file).
         batch_size: videos per forward pass.
         starts, ends: optional clip bounds in seconds, one per video (None = whole file).

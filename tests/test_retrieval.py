@@ -18,6 +18,7 @@ from modeling_pig.retrieval import (
     find_videos,
     model_fingerprint,
 )
+from modeling_pig.video_io import read_video_frames
 
 # ----------------------------------------------------------------------------------------------------------
 # A small stand-in for PIGModel / PIGProcessor with the agreed interface (also used by test_evaluate.py):
@@ -25,13 +26,17 @@ from modeling_pig.retrieval import (
 
 
 class FakeProcessor:
-    """`num_frames`, `__call__(text=..., videos=[uint8 [T, H, W, 3]])` like PIGProcessor, 8x8 frames."""
+    """`num_frames`, `load_video`, `__call__(text=..., videos=[uint8 [T, H, W, 3]])` like PIGProcessor, 8x8 frames."""
 
     def __init__(self, num_frames=2):
         self.num_frames = num_frames
 
     def to_dict(self):
         return {"num_frames": self.num_frames, "size": 8}
+
+    def load_video(self, path, mode="test", start=None, end=None):
+        frames = read_video_frames(path, num_frames=self.num_frames, mode=mode, start=start, end=end)
+        return self(videos=[frames])["pixel_values"][0]  # [T, 3, 8, 8]
 
     def __call__(self, text=None, videos=None, return_tensors="pt"):
         out = {}

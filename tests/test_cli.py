@@ -1,0 +1,107 @@
+"""The `pig` console script end to end (subprocesses), with a tiny random PIG model saved to disk."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_clip_config_dict
+
+from modeling_pig.cli import format_results
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_pig(seed: int = 0):
+    """A tiny random PIGModel + PIGProcessor (4 frames of 32 px; the real CLIP tokenizer, so the tiny text
+    tower gets CLIP's vocabulary size and special ids)."""
+    from modeling_pig import PIGConfig, PIGModel, PIGProcessor
+
+    torch.manual_seed(seed)
+    clip = tiny_clip_config_dict(text_config=dict(vocab_size=49408, bos_token_id=49406, eos_token_id=49407,
+                                                  pad_token_id=49407))
+    model = PIGModel(PIGConfig(clip_config=clip, num_frames=4, its_top_k=4)).eval()
+    return model, PIGProcessor(num_frames=4, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_pig")
+    model, processor = tiny_pig()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def pig_command() -> list[str]:
+    script = Path(sys.executable).with_name("pig")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "modeling_pig.cli"]
+
+
+def run_pig(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(pig_command() + [str(a) for a in args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def test_pig_index_then_search_end_to_end(tiny_model_dir, shared_videos, tmp_path):
+    videos = tmp_path / "videos"
+    (videos / "more").mkdir(parents=True)
+    chosen = {p.name: p for p in shared_videos}
+    shutil.copy(chosen["single_face.mp4"], videos / "face.mp4")
+    shutil.copy(chosen["carphone_pristine.mp4"], videos / "more" / "car.mp4")
+    (videos / "broken.mp4").write_bytes(b"\x00" * 2048)
+    (videos / "notes.txt").write_text("not a video")
+    out = tmp_path / "index"
+
+    done = run_pig("index", videos, "--model", tiny_model_dir, "--out", out, "--recursive", "--batch_size", 2,
+                   "--num_workers", 0, "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "indexed 2 of 3 videos" in done.stdout
+    assert "1 unreadable video(s) skipped" in done.stdout and "broken.mp4" in done.stdout
+    assert (out / "index.json").is_file() and (out / "embeddings.safetensors").is_file()
+
+    found = run_pig("search", out, "a man talks in a car", "a smiling face", "-k", 2, "--device", "cpu",
+                    cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert lines[0] == "query: a man talks in a car" and "query: a smiling face" in lines
+    ranked = [line for line in lines if line.strip().startswith(("1 ", "2 "))]
+    assert len(ranked) == 4
+    assert {line.split()[-1] for line in ranked} == {str(videos / "face.mp4"), str(videos / "more" / "car.mp4")}
+
+    info = run_pig("info", out, cwd=tmp_path)
+    assert info.returncode == 0 and "2 videos" in info.stdout and "exact" in info.stdout
+
+
+def test_search_scores_match_the_library(tiny_model_dir, shared_videos, tmp_path):
+    from modeling_pig import PIGModel, PIGProcessor, VideoIndex
+
+    model = PIGModel.from_pretrained(tiny_model_dir).eval()
+    processor = PIGProcessor.from_pretrained(tiny_model_dir)
+    paths = [str(p) for p in shared_videos if p.name in ("single_face.mp4", "carphone_pristine.mp4")]
+    index = VideoIndex.build(model, processor, paths, out_dir=tmp_path / "idx", model_path=str(tiny_model_dir),
+                             show_progress=False)
+    # the loaded index embeds the query with the recorded model and gives the same ranking and scores
+    loaded = VideoIndex.load(tmp_path / "idx")
+    first, again = index.search("a man", k=2)[0], loaded.search("a man", k=2)[0]
+    assert [p for p, _ in again] == [p for p, _ in first]
+    assert [s for _, s in again] == pytest.approx([s for _, s in first], abs=1e-5)
+    text = loaded.embed_queries(["a man"])  # [1, D]
+    expected = (text @ index.embeddings.float().T)[0]
+    assert [s for _, s in again] == pytest.approx(sorted(expected.tolist(), reverse=True), abs=1e-4)
+
+
+def test_format_results_is_a_ranked_table():
+    table = format_results("q", [("/a.mp4", 0.5), ("/b.mp4", 0.25)]).splitlines()
+    assert table == ["query: q", "rank    score  video", "   1   0.5000  /a.mp4", "   2   0.2500  /b.mp4"]
+
+
+def test_index_of_an_empty_folder_fails_clearly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = run_pig("index", tmp_path / "empty", "--model", tmp_path / "nowhere", "--out", tmp_path / "i",
+                   cwd=tmp_path)
+    assert done.returncode == 2 and "no video files" in done.stderr
