@@ -6,6 +6,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from test_cli import tiny_pig
 from test_retrieval import FakeModel, FakeProcessor
 
 from modeling_pig.metrics import compute_retrieval_metrics
@@ -15,6 +16,7 @@ from training.evaluate import (
     embed_videos,
     evaluate_retrieval,
     evaluate_retrieval_detailed,
+    main,
     results_table,
     update_results_file,
 )
@@ -141,3 +143,33 @@ def test_results_file_accumulates_and_table_lists_every_entry(tmp_path):
     table = results_table(entries).splitlines()
     assert len(table) == 4 and "| m | msrvtt (9k) | test | square | 4 | 3 | 42.0 |" in table[2]
     assert table[3].startswith("| m | didemo | test |") and table[3].endswith("| 1 |")
+
+
+def test_command_line_on_the_synthetic_benchmark_with_a_tiny_pig(tmp_path, capsys):
+    from datasets_scripts.synthetic import generate_synthetic
+
+    data = generate_synthetic(tmp_path / "synthetic", seed=0, num_train=2, num_test=6, num_images=0,
+                              num_frames_per_video=8, resolution=32, fps=4, progress=False)
+    model, processor = tiny_pig()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    output = tmp_path / "out" / "results.json"
+    argv = ["--model", str(tmp_path / "model"), "--benchmark", "synthetic", "--data_dir", str(data),
+            "--output", str(output), "--cache_dir", str(tmp_path / "cache"), "--datasets_cache_dir",
+            str(tmp_path / "hf"), "--num_workers", "0", "--device", "cpu", "--dsl"]
+    entry = main(argv)
+    metrics = entry["metrics"]
+    assert entry["protocol"] == "square" and entry["num_frames"] == 4
+    assert metrics["num_texts"] == metrics["num_videos"] == 6 and metrics["num_skipped_videos"] == 0
+    assert 0.0 <= metrics["t2v_R@1"] <= 100.0 and 1.0 <= metrics["t2v_MdR"] <= 6.0 and "dsl_v2t_R@1" in metrics
+    saved = json.loads(output.read_text())["results"]
+    assert len(saved) == 1 and saved[0]["metrics"] == pytest.approx(metrics)
+    table = output.with_suffix(".md").read_text().splitlines()
+    assert len(table) == 4 and "| synthetic | test | square |" in table[2] and "square + DSL" in table[3]
+    assert table[2] in capsys.readouterr().out
+    # the library call the trainer makes gives the same numbers (and reuses the cache)
+    from datasets_scripts.loading import load_benchmark
+
+    test = load_benchmark("synthetic", data, split="test", cache_dir=tmp_path / "hf")
+    again = evaluate_retrieval(model, processor, test, cache_dir=tmp_path / "cache", dsl=True, show_progress=False)
+    assert again == pytest.approx(metrics)

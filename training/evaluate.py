@@ -271,6 +271,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="video decoding workers")
     parser.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="embedding cache")
     parser.add_argument("--no_cache", action="store_true", help="do not read or write the embedding cache")
+    parser.add_argument("--datasets_cache_dir", default=None,
+                        help="where `datasets` prepares the split (default: the HF datasets cache)")
     parser.add_argument("--dsl", action="store_true", help="also report dual-softmax (DSL) metrics")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
@@ -287,7 +289,7 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype: str = 
 
 
 def load_split(benchmark: str, data_dir: str, config: str | None, split: str, video_dir: str | None,
-               missing_videos: str):
+               missing_videos: str, datasets_cache_dir: str | None = None):
     """`load_benchmark(...)`; for "synthetic", the benchmark is generated in `data_dir` first if absent."""
     from datasets_scripts.loading import load_benchmark
 
@@ -297,7 +299,7 @@ def load_split(benchmark: str, data_dir: str, config: str | None, split: str, vi
         if read_manifest(data_dir) is None:
             generate_synthetic(data_dir)
     return load_benchmark(benchmark, data_dir, config=config, split=split, video_dir=video_dir,
-                          missing_videos=missing_videos)
+                          missing_videos=missing_videos, cache_dir=datasets_cache_dir)
 
 
 def main(argv=None) -> dict:
@@ -305,7 +307,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     dataset = load_split(args.benchmark, args.data_dir, args.config, args.split, args.video_dir,
-                         args.missing_videos)
+                         args.missing_videos, args.datasets_cache_dir)
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     result = evaluate_retrieval_detailed(
         model, processor, dataset, batch_size=args.batch_size, cache_dir=None if args.no_cache else args.cache_dir,
