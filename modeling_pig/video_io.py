@@ -213,12 +213,18 @@ def read_video(
                 return plan.result(frames, timeline, "timestamp", stats)
             except _FallBack:
                 pass  # decode again below, counting frames: the slower path that needs no timestamps
+        sampling = (num_frames, mode, start, end)
+        packets = _rewind(container, stream, timeline)
+        if packets is not None:
+            return _read_sequentially(path, packets, timeline, plan, sampling, generator, rng_state, stats)
+    # The container could not be brought back to its first packet: open it again.
+    with _open(path) as container:
+        packets = container.demux(_video_stream(container, path))
+        return _read_sequentially(path, packets, timeline, plan, sampling, generator, rng_state, stats)
 
-    return _read_sequentially(path, timeline, plan, (num_frames, mode, start, end), generator, rng_state, stats)
 
-
-def _read_sequentially(path, timeline, plan, sampling, generator, rng_state, stats) -> VideoSample:
-    """The counting fallback: decode from the first frame, in output order, from a freshly opened container.
+def _read_sequentially(path, packets, timeline, plan, sampling, generator, rng_state, stats) -> VideoSample:
+    """The counting fallback: decode ``packets`` (which start at the stream's first packet), counting frames.
 
     When the clip runs to the end of the video, decoding goes on to the end of the stream to count the frames
     that really decode; if that is fewer than the container lists (by at most MAX_UNDECODABLE_FRAMES), the
@@ -227,10 +233,7 @@ def _read_sequentially(path, timeline, plan, sampling, generator, rng_state, sta
     """
     num_frames, mode, start, end = sampling
     to_end = timeline.reached_end and plan.clip_range[1] == timeline.num_frames - 1
-    with _open(path) as container:
-        kept, decoded_count = _decode_by_count(
-            container, _video_stream(container, path), plan.indices, path, MAX_UNDECODABLE_FRAMES, to_end, stats
-        )
+    kept, decoded_count = _decode_by_count(packets, plan.indices, path, MAX_UNDECODABLE_FRAMES, to_end, stats)
     if decoded_count < timeline.num_frames and (to_end or decoded_count <= max(plan.indices)):
         missing = timeline.num_frames - decoded_count
         if decoded_count == 0 or missing > MAX_UNDECODABLE_FRAMES:
@@ -243,9 +246,8 @@ def _read_sequentially(path, timeline, plan, sampling, generator, rng_state, sta
         plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
         if not set(plan.indices) <= kept.keys():
             with _open(path) as container:
-                kept, decoded_count = _decode_by_count(
-                    container, _video_stream(container, path), plan.indices, path, 0, False, stats
-                )
+                packets = container.demux(_video_stream(container, path))
+                kept, decoded_count = _decode_by_count(packets, plan.indices, path, 0, False, stats)
             if decoded_count <= max(plan.indices):
                 raise VideoDecodeError(f"{path}: the number of decodable frames changed between two decodes")
     corrupt = sorted(i for i in set(plan.indices) if kept[i].is_corrupt)
@@ -336,6 +338,7 @@ class _Timeline:
     decode_position: dict[int, int]
     timestamps_trusted: bool
     reached_end: bool
+    first_packet: tuple[int | None, int | None] = (None, None)  # (pts, dts) of the first packet in decode order
 
     def truncated(self, num_frames: int) -> "_Timeline":
         """The same timeline with only its first ``num_frames`` frames (the ones that decode)."""
@@ -348,6 +351,7 @@ class _Timeline:
             decode_position=self.decode_position,
             timestamps_trusted=False,
             reached_end=self.reached_end,
+            first_packet=self.first_packet,
         )
 
 
@@ -403,6 +407,7 @@ def _index_stream(container, stream, path: str, end: float | None) -> _Timeline:
             decode_position={e[0]: i for i, e in enumerate(entries)},
             timestamps_trusted=not (reorders and pts_copied_from_dts) and len(entries) > 1,
             reached_end=reached_end,
+            first_packet=entries[0][:2],
         )
     else:
         rate = stream.average_rate or stream.guessed_rate
@@ -545,7 +550,8 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
             keyframe = _keyframe_before(timeline, timeline.pts[remaining[0]])
             keyframe_position = timeline.decode_position[keyframe]
             if packets is None or (position is not None and keyframe_position - position >= SEEK_MIN_SKIPPED_PACKETS):
-                packets = _seek(container, stream, timeline, keyframe)
+                packets = _seek(container, stream, timeline, keyframe, timeline.keyframe_dts.get(keyframe),
+                                keyframe_position)
                 stats.seeks += 1
                 position, last_rank, seek_rank = None, -1, rank_of_pts[keyframe]
             packet = next(packets, None)
@@ -585,23 +591,33 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
     return frames
 
 
-def _seek(container, stream, timeline: _Timeline, keyframe: int):
-    """Seek so that demuxing resumes at (or before) the keyframe with pts ``keyframe``; returns the packet iterator.
+def _seek(container, stream, timeline: _Timeline, pts: int, dts: int | None, max_position: int):
+    """Seek so that demuxing resumes at or before decode position ``max_position`` (the packet with ``pts``/``dts``).
 
-    Demuxers seek by pts (Matroska) or by dts (MP4, MPEG-TS; MPEG-TS also ignores keyframes), so the keyframe's
-    pts is tried first and its dts second; the first packet tells whether the landing is early enough.
+    Returns the packet iterator. Demuxers seek by pts (Matroska) or by dts (MP4, MPEG-TS; MPEG-TS also ignores
+    keyframes), so the pts is tried first and the dts second; the first packet tells whether the landing is
+    early enough. Raises _FallBack when neither is.
     """
-    keyframe_position = timeline.decode_position[keyframe]
-    for target in dict.fromkeys((keyframe, timeline.keyframe_dts.get(keyframe))):
+    for target in dict.fromkeys((pts, dts)):
         if target is None:
             continue
         container.seek(target, stream=stream, backward=True)
         packets = container.demux(stream)
         first = next(packets, None)
         landing = timeline.decode_position.get(first.pts) if first is not None and first.size else None
-        if landing is not None and landing <= keyframe_position:
+        if landing is not None and landing <= max_position:
             return itertools.chain([first], packets)
-    raise _FallBack("no seek lands at or before the keyframe of the target")
+    raise _FallBack(f"no seek lands at or before packet {max_position}")
+
+
+def _rewind(container, stream, timeline: _Timeline):
+    """The container's packets from the stream's very first packet on, or None when seeking cannot get there."""
+    if timeline.pts is None:
+        return None
+    try:
+        return _seek(container, stream, timeline, *timeline.first_packet, max_position=0)
+    except (_FallBack, av.error.FFmpegError):
+        return None
 
 
 def _keyframe_before(timeline: _Timeline, pts: int) -> int:
@@ -612,8 +628,8 @@ def _keyframe_before(timeline: _Timeline, pts: int) -> int:
     return timeline.keyframe_pts[position]
 
 
-def _decode_by_count(container, stream, indices, path: str, keep_before: int, to_end: bool, stats: _DecodeStats):
-    """Decode from the first frame, counting frames as they come out.
+def _decode_by_count(packets, indices, path: str, keep_before: int, to_end: bool, stats: _DecodeStats):
+    """Decode ``packets`` (from the stream's first packet on), counting frames as they come out.
 
     Keeps (as PyAV frames, not yet converted to RGB) every frame whose index lies within ``keep_before`` frames
     before a target, the targets included. Stops after the last target, or at the end of the stream when
@@ -625,7 +641,7 @@ def _decode_by_count(container, stream, indices, path: str, keep_before: int, to
     kept = {}
     count = 0
     try:
-        for packet in container.demux(stream):
+        for packet in packets:
             stats.packets += bool(packet.size)
             for frame in packet.decode():
                 if count in keep:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from modeling_pig.video_io import (
+    MAX_UNDECODABLE_FRAMES,
     SEEK_MIN_SKIPPED_PACKETS,
     VideoDecodeError,
     decode_all_frames,
@@ -70,6 +71,38 @@ def _encode_silence(container, audio_stream, num_blocks=5):
             container.mux(packet)
     for packet in audio_stream.encode():
         container.mux(packet)
+
+
+def write_h264_with_bframes(path, num_frames=40, pts_from_dts=False, trailing_empty_packets=0):
+    """H.264 with B-frames (a panning noise image), optionally muxed the way OpenCV's writer does it.
+
+    `pts_from_dts`: every packet gets pts = dts, so timestamps no longer give the display order (the decoder
+    still reorders). `trailing_empty_packets`: packets holding only an access-unit delimiter are appended; the
+    MP4 header lists them as frames, but no frame comes out of them.
+    """
+    base = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"bf": "3", "b-adapt": "0", "keyint": "100"}
+        packets = []
+        for i in range(num_frames):
+            packets += stream.encode(av.VideoFrame.from_ndarray(np.roll(base, 2 * i, axis=1), format="rgb24"))
+        packets += stream.encode()
+        shift = packets[0].dts
+        for packet in packets:
+            if pts_from_dts:
+                packet.dts -= shift
+                packet.pts = packet.dts
+            container.mux(packet)
+        last = packets[-1]
+        for j in range(trailing_empty_packets):
+            empty = av.Packet(bytes([0, 0, 0, 2, 0x09, 0xF0]))  # one length-prefixed NAL: access unit delimiter
+            empty.stream, empty.time_base = stream, last.time_base
+            empty.dts = last.dts + j + 1  # in the encoder's time base: one frame apart
+            empty.pts = empty.dts if pts_from_dts else max(p.pts for p in packets) + j + 1
+            container.mux(empty)
+    return Path(path)
 
 
 def reference_frames(path, indices):
@@ -236,6 +269,38 @@ def test_variable_frame_rate_indexes_frames_and_clips_by_timestamp(generated):
     last = max(i for i, t in enumerate(pts_ms) if t < 2000)
     assert clip.clip_range == (first, last)
     assert_frames_match_reference(clip, path)
+
+
+@pytest.mark.parametrize("pts_from_dts", [False, True])
+def test_frames_the_container_lists_but_cannot_decode_are_not_counted(tmp_path, pts_from_dts):
+    # The header lists 41 frames, 40 decode. (box.mp4 in the shared set has the other variant: 456 packets
+    # demux, 455 decode; the real-video test checks it.)
+    path = write_h264_with_bframes(tmp_path / "listed.mp4", 40, pts_from_dts=pts_from_dts, trailing_empty_packets=1)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 41
+    for mode, seed in (("test", 0), ("train", 3)):
+        sample = read_video(path, 12, mode=mode, generator=torch.Generator().manual_seed(seed))
+        count = assert_frames_match_reference(sample, path)
+        assert count == 40 and sample.num_video_frames == 40
+        assert sample.indices == sample_frame_indices(40, 12, mode, torch.Generator().manual_seed(seed))
+
+
+def test_timestamps_copied_from_decode_order_fall_back_to_counting(tmp_path):
+    path = write_h264_with_bframes(tmp_path / "opencv_like.mp4", 40, pts_from_dts=True)
+    sample = read_video(path, 12)
+    assert sample.decode_path == "sequential"
+    assert_frames_match_reference(sample, path)
+    normal = write_h264_with_bframes(tmp_path / "normal.mp4", 40)
+    sample = read_video(normal, 12)
+    assert sample.decode_path == "timestamp"
+    assert_frames_match_reference(sample, normal)
+
+
+def test_more_undecodable_frames_than_tolerated_is_an_error(tmp_path):
+    path = write_h264_with_bframes(tmp_path / "many.mp4", 30, trailing_empty_packets=MAX_UNDECODABLE_FRAMES + 3)
+    with pytest.raises(VideoDecodeError, match="header lists 35 video frames but only 30") as info:
+        read_video_frames(path, 12)
+    assert str(path) in str(info.value)
 
 
 def test_dense_keyframes_are_seeked_to_and_sparse_ones_are_not(tmp_path):
