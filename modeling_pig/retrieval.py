@@ -222,7 +222,7 @@ class _CheckpointShards:
 
     Layout: `manifest.json` (the job key: model weights, processor settings, storage dtype) and
     `shard_00000.safetensors`, ... each holding `embeddings [m, D]` and, in its metadata, the item signature of
-    each row (`_item_signature`: path, clip, file size and mtime) and the failures of that shard. Work is looked
+    each row (`item_signature`: path, clip, file size and mtime) and the failures of that shard. Work is looked
     up by signature, so a rerun over a list with added videos reuses every video already done, and a file that
     changed on disk is embedded again. Shards are written to a temporary name and renamed: a crash never
     leaves a half-written shard.
@@ -271,7 +271,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _item_signature(path: str | None, start, end) -> str:
+def item_signature(path: str | None, start, end) -> str:
     """Identifies one video clip and the state of its file (size, mtime): equal signature, equal embedding."""
     try:
         stat = os.stat(path) if path is not None else None
@@ -291,7 +291,8 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
                   starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
                   num_workers: int = 0, checkpoint_dir: str | os.PathLike | None = None,
                   checkpoint_every: int = 512, storage_dtype: torch.dtype = torch.float32,
-                  show_progress: bool = True, desc: str = "videos", model_fp: str | None = None) -> EncodedVideos:
+                  show_progress: bool = True, desc: str = "videos", model_fp: str | None = None,
+                  known: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None) -> EncodedVideos:
     """Embed videos with the video tower only, skipping (and reporting) the ones that cannot be decoded.
 
     Each video is decoded and preprocessed by `processor.load_video(path, mode="test", start, end)` (the
@@ -310,6 +311,8 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
             weights or processor settings is an error.
         storage_dtype: dtype of the returned (and checkpointed) embeddings.
         model_fp: the model fingerprint when the caller already has it (saves hashing the weights again).
+        known: embeddings and failures already computed with this model and processor, keyed by item signature
+            (`item_signature`), e.g. from a previous index; those videos are not embedded again.
 
     Returns:
         `EncodedVideos` (embeddings `[n_ok, D]`, their input positions, failures). Failures are also logged.
@@ -323,15 +326,17 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
     if batch_size < 1 or checkpoint_every < 1:
         raise ValueError(f"batch_size and checkpoint_every must be >= 1, got {batch_size} and {checkpoint_every}")
 
-    signatures = [_item_signature(v, s, e) for v, s, e in zip(videos, starts, ends)]
+    signatures = [item_signature(v, s, e) for v, s, e in zip(videos, starts, ends)]
     store, done, failed = None, {}, {}  # done/failed: keyed by item signature
     if checkpoint_dir is not None:
         model_fp = model_fp or model_fingerprint(model)
         store = _CheckpointShards(checkpoint_dir, embedding_job_key(model_fp, processor, storage_dtype))
         done, failed = store.load()
+    if known is not None:
+        done, failed = {**known[0], **done}, {**known[1], **failed}
     todo = [p for p in range(n) if signatures[p] not in done and signatures[p] not in failed]
-    if store is not None and len(todo) < n:
-        logger.info("Resuming from %s: %d of %d videos already done", checkpoint_dir, n - len(todo), n)
+    if len(todo) < n:
+        logger.info("%d of %d videos already embedded (checkpoint or previous index): skipped", n - len(todo), n)
 
     device, dtype = _model_device_dtype(model)
     loader = torch.utils.data.DataLoader(
@@ -457,7 +462,8 @@ class VideoIndex:
     def __init__(self, embeddings: torch.Tensor, paths: Sequence[str], failed: dict[str, str] | None = None,
                  model_path: str | None = None, model_fingerprint: str | None = None,
                  backend: str = "auto", faiss_threshold: int = DEFAULT_FAISS_THRESHOLD, model=None,
-                 processor=None, **faiss_params):
+                 processor=None, signatures: dict[str, list | dict] | None = None,
+                 processor_settings: str | None = None, **faiss_params):
         embeddings = torch.as_tensor(embeddings)
         if embeddings.ndim != 2:
             raise ValueError(f"embeddings must be [N, D], got shape {tuple(embeddings.shape)}")
@@ -471,6 +477,10 @@ class VideoIndex:
         self.model_path = model_path
         self.model_fingerprint = model_fingerprint
         self.faiss_threshold = faiss_threshold
+        # item signatures (path, clip, size, mtime) of the stored and failed videos and the processor settings:
+        # what lets a later build into the same folder reuse these embeddings
+        self.signatures = signatures or {"stored": [], "failed": {}}
+        self.processor_settings = processor_settings
         self._model, self._processor = model, processor
         self._float32_cache = None
         self._faiss_index = None
@@ -519,10 +529,13 @@ class VideoIndex:
         if len(set(paths)) != len(paths):
             raise ValueError("the same video path appears more than once in paths")
         fingerprint = model_fingerprint(model)
+        settings = processor_signature(processor)
         checkpoint = Path(out_dir) / BUILD_CHECKPOINT_DIR if out_dir is not None else None
+        known = cls._reusable(out_dir, fingerprint, settings) if out_dir is not None else None
         encoded = encode_videos(model, processor, paths, batch_size=batch_size, num_workers=num_workers,
                                 checkpoint_dir=checkpoint, checkpoint_every=checkpoint_every,
-                                storage_dtype=torch.float16, show_progress=show_progress, model_fp=fingerprint)
+                                storage_dtype=torch.float16, show_progress=show_progress, model_fp=fingerprint,
+                                known=known)
         if not encoded.positions:
             reasons = "; ".join(list(encoded.failed.values())[:3])
             raise ValueError(f"none of the {len(paths)} videos could be decoded ({reasons})")
@@ -530,10 +543,12 @@ class VideoIndex:
             model_path = getattr(model, "name_or_path", None) or None
         if model_path is not None and os.path.isdir(model_path):
             model_path = str(Path(model_path).resolve())
+        signatures = {"stored": [item_signature(paths[p], None, None) for p in encoded.positions],
+                      "failed": {item_signature(paths[p], None, None): r for p, r in encoded.failed.items()}}
         index = cls(encoded.embeddings, [paths[p] for p in encoded.positions],
                     failed={paths[p]: reason for p, reason in encoded.failed.items()}, model_path=model_path,
                     model_fingerprint=fingerprint, backend=backend, faiss_threshold=faiss_threshold, model=model,
-                    processor=processor, **faiss_params)
+                    processor=processor, signatures=signatures, processor_settings=settings, **faiss_params)
         if target_recall is not None and index.backend != "exact":
             index.tune(target_recall)
         if out_dir is not None:
@@ -542,6 +557,21 @@ class VideoIndex:
                 shard.unlink()
             checkpoint.rmdir()
         return index
+
+    @classmethod
+    def _reusable(cls, out_dir, fingerprint: str, settings: str):
+        """Embeddings of an index already in `out_dir` built with the same weights and processor settings."""
+        if not (Path(out_dir) / INDEX_METADATA_FILE).is_file():
+            return None
+        previous = cls.load(out_dir)
+        if previous.model_fingerprint != fingerprint or previous.processor_settings != settings:
+            logger.warning("%s holds an index built with other weights or processor settings: it will be replaced",
+                           out_dir)
+            return None
+        stored = previous.signatures["stored"]
+        if len(stored) != len(previous):
+            return None
+        return dict(zip(stored, previous.embeddings)), dict(previous.signatures["failed"])
 
     # -- backends --------------------------------------------------------------------------------------
 
@@ -773,6 +803,8 @@ class VideoIndex:
             "faiss_threshold": self.faiss_threshold,
             "paths": self.paths,
             "failed": self.failed,
+            "processor_settings": self.processor_settings,
+            "signatures": self.signatures,
         }
         _atomic_write_text(out / INDEX_METADATA_FILE, json.dumps(metadata, indent=1))
 
@@ -793,7 +825,8 @@ class VideoIndex:
                              f"{INDEX_METADATA_FILE} ({metadata['num_videos']}, {metadata['dim']})")
         index = cls(embeddings, metadata["paths"], failed=metadata["failed"], model_path=metadata["model_path"],
                     model_fingerprint=metadata["model_fingerprint"], backend="exact",
-                    faiss_threshold=metadata["faiss_threshold"])
+                    faiss_threshold=metadata["faiss_threshold"], signatures=metadata.get("signatures"),
+                    processor_settings=metadata.get("processor_settings"))
         if metadata["backend"] != "exact":
             faiss_file = folder / INDEX_FAISS_FILE
             if not faiss_file.is_file():

@@ -239,6 +239,27 @@ def test_build_resumes_from_checkpoint_after_interruption(fake, videos_with_corr
     assert VideoIndex.load(out).search(reference.embeddings[:1], k=3) == index.search(reference.embeddings[:1], k=3)
 
 
+def test_rebuild_into_the_same_folder_embeds_only_new_or_changed_videos(fake, videos_with_corrupt, tmp_path):
+    model, processor = fake
+    copies = []
+    for i, source in enumerate(videos_with_corrupt[:3]):
+        copies.append(tmp_path / f"v{i}.mp4")
+        copies[-1].write_bytes(open(source, "rb").read())
+    out = tmp_path / "index"
+    first = VideoIndex.build(model, processor, copies[:2], out_dir=out, show_progress=False)
+    model.video_calls = 0
+    second = VideoIndex.build(model, processor, copies, batch_size=4, out_dir=out, show_progress=False)
+    assert model.video_calls == 1 and len(second) == 3  # one batch, holding only the new video
+    torch.testing.assert_close(second.embeddings[:2], first.embeddings)
+    copies[0].write_bytes(open(videos_with_corrupt[2], "rb").read())  # replaced by other content
+    model.video_calls = 0
+    third = VideoIndex.build(model, processor, copies, batch_size=4, out_dir=out, show_progress=False)
+    assert model.video_calls == 1
+    torch.testing.assert_close(third.embeddings[0], third.embeddings[2])
+    other = VideoIndex.build(FakeModel(seed=5), processor, copies, out_dir=out, show_progress=False)
+    assert not torch.allclose(other.embeddings.float(), third.embeddings.float())
+
+
 def test_checkpoint_of_another_model_is_refused(fake, videos_with_corrupt, tmp_path):
     model, processor = fake
     encode_videos(model, processor, videos_with_corrupt[:1], checkpoint_dir=tmp_path / "ck", show_progress=False)
