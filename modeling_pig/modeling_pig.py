@@ -597,6 +597,8 @@ class PIGModel(PIGPreTrainedModel):
     def encode_vip(self, pixel_values: torch.Tensor, return_cls_attention: bool = False):
         """ViP vision tower (§2): `[B, T, 3, H, W]` -> last hidden state `[B, M + T*(1+P), D]` (before post-LN)
         and, if asked, the last layer's video-CLS attention `[B, heads, S]` for ITS."""
+        if self.vip is None:
+            raise ValueError(f"encode_vip needs video_tower='vip', this model has {self.config.video_tower!r}")
         vision = self.clip.vision_model
         num_frames = pixel_values.shape[1]
         hidden_states = vision.pre_layrnorm(self.vip(pixel_values, vision.embeddings))  # [B, S, D]
@@ -629,7 +631,8 @@ class PIGModel(PIGPreTrainedModel):
 
         hidden_states, cls_attention = self.encode_vip(pixel_values, return_cls_attention=self.config.use_pseudo_query)
         if not self.config.use_pseudo_query:  # CLIP-ViP: projected post-LN video CLS
-            return PIGVideoOutput(last_hidden_state=hidden_states, pooler_output=self._project_tokens(hidden_states[:, 0]))
+            video_embeds = self._project_tokens(hidden_states[:, 0])  # [B, projection_dim]
+            return PIGVideoOutput(last_hidden_state=hidden_states, pooler_output=video_embeds)
 
         num_global, num_frames = self.config.num_global_tokens, pixel_values.shape[1]
         tokens_per_frame = 1 + self.config.num_patches_per_frame

@@ -365,7 +365,8 @@ def test_bf16_autocast_runs_and_keeps_the_loss_in_float32():
 def test_temporal_embedding_is_linearly_interpolated_for_other_frame_counts():
     model = build_model()
     with torch.no_grad():
-        model.vip.temporal_embedding.copy_(torch.arange(NUM_FRAMES, dtype=torch.float32)[None, :, None].expand(1, -1, 48))
+        ramp = torch.arange(NUM_FRAMES, dtype=torch.float32)  # 0, 1, 2 along time
+        model.vip.temporal_embedding.copy_(ramp[None, :, None].expand(1, -1, 48))
     table = model.vip.temporal_table(1)  # stage-1 images: 1 frame -> the centre of the table
     torch.testing.assert_close(table, torch.full((1, 48), 1.0))
     torch.testing.assert_close(model.vip.temporal_table(NUM_FRAMES), model.vip.temporal_embedding[0])

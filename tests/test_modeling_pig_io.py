@@ -1,4 +1,5 @@
-"""PIGModel persistence: from_clip, safetensors save/load, AutoModel in-process and as remote code in a fresh process."""
+"""PIGModel persistence: from_clip, safetensors save/load, AutoModel in-process and as remote code in a fresh
+process."""
 
 import json
 import math
