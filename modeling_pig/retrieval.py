@@ -102,7 +102,7 @@ def _inference(model: torch.nn.Module):
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: its tensors refuse later in-place use by callers
             yield
     finally:
         model.train(was_training)
@@ -119,14 +119,6 @@ def processor_signature(processor) -> str:
         if hasattr(processor, attribute):
             settings[attribute] = getattr(processor, attribute)
     return json.dumps(settings, sort_keys=True, default=str)
-
-
-def _num_frames(processor) -> int:
-    num_frames = getattr(processor, "num_frames", None)
-    if not isinstance(num_frames, int) or num_frames < 1:
-        raise ValueError(f"the processor ({type(processor).__name__}) must have an int attribute num_frames >= 1, "
-                         f"got {num_frames!r}")
-    return num_frames
 
 
 def encode_texts(model, processor, texts: Sequence[str], batch_size: int = 256, show_progress: bool = True,
@@ -189,7 +181,9 @@ class _VideoClips(torch.utils.data.Dataset):
     def __init__(self, processor, videos, starts, ends, positions):
         self.processor = processor
         self.videos, self.starts, self.ends, self.positions = videos, starts, ends, positions
-        self.num_frames = _num_frames(processor)
+        if not callable(getattr(processor, "load_video", None)):
+            raise TypeError(f"{type(processor).__name__} has no load_video(path, mode, start, end) method; "
+                            "pass a PIGProcessor")
 
     def __len__(self):
         return len(self.positions)

@@ -3,7 +3,6 @@
 import json
 
 import datasets
-import numpy as np
 import pytest
 import torch
 from test_cli import tiny_pig
@@ -156,10 +155,10 @@ def test_command_line_on_the_synthetic_benchmark_with_a_tiny_pig(tmp_path, capsy
     output = tmp_path / "out" / "results.json"
     argv = ["--model", str(tmp_path / "model"), "--benchmark", "synthetic", "--data_dir", str(data),
             "--output", str(output), "--cache_dir", str(tmp_path / "cache"), "--datasets_cache_dir",
-            str(tmp_path / "hf"), "--num_workers", "0", "--device", "cpu", "--dsl"]
+            str(tmp_path / "hf"), "--num_workers", "0", "--device", "cpu", "--dsl", "--num_frames", "3"]
     entry = main(argv)
     metrics = entry["metrics"]
-    assert entry["protocol"] == "square" and entry["num_frames"] == 4
+    assert entry["protocol"] == "square" and entry["num_frames"] == 3 and entry["processor"]["num_frames"] == 3
     assert metrics["num_texts"] == metrics["num_videos"] == 6 and metrics["num_skipped_videos"] == 0
     assert 0.0 <= metrics["t2v_R@1"] <= 100.0 and 1.0 <= metrics["t2v_MdR"] <= 6.0 and "dsl_v2t_R@1" in metrics
     saved = json.loads(output.read_text())["results"]
@@ -171,5 +170,6 @@ def test_command_line_on_the_synthetic_benchmark_with_a_tiny_pig(tmp_path, capsy
     from datasets_scripts.loading import load_benchmark
 
     test = load_benchmark("synthetic", data, split="test", cache_dir=tmp_path / "hf")
+    processor.num_frames = 3
     again = evaluate_retrieval(model, processor, test, cache_dir=tmp_path / "cache", dsl=True, show_progress=False)
     assert again == pytest.approx(metrics)

@@ -276,6 +276,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dsl", action="store_true", help="also report dual-softmax (DSL) metrics")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--num_frames", type=int, default=None,
+                        help="override the processor's frames per video (e.g. 32 for DiDeMo)")
+    parser.add_argument("--max_length", type=int, default=None,
+                        help="override the processor's text length in tokens (e.g. 64 for paragraphs)")
     return parser.parse_args(argv)
 
 
@@ -309,6 +313,11 @@ def main(argv=None) -> dict:
     dataset = load_split(args.benchmark, args.data_dir, args.config, args.split, args.video_dir,
                          args.missing_videos, args.datasets_cache_dir)
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    for name in ("num_frames", "max_length"):
+        if getattr(args, name) is not None:
+            if getattr(args, name) < (2 if name == "max_length" else 1):
+                raise ValueError(f"--{name} must be a positive number of {name.split('_')[1]}s")
+            setattr(processor, name, getattr(args, name))
     result = evaluate_retrieval_detailed(
         model, processor, dataset, batch_size=args.batch_size, cache_dir=None if args.no_cache else args.cache_dir,
         dsl=args.dsl, num_workers=args.num_workers, text_batch_size=args.text_batch_size)
