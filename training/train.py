@@ -572,6 +572,7 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
                     raise NonFiniteLossError(
                         f"stage {stage}: the gradient norm is {float(grad_norm)} at step {state.step + 1}; training "
                         f"stopped and nothing was saved. Last good checkpoint: {last_checkpoint or 'none'}.")
+            learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -584,7 +585,7 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
             running_count += 1
             if state.step % max(args.logging_steps, 1) == 0 or state.step == max_steps or state.step == 1:
                 record = {"stage": stage, "step": state.step, "epoch": state.epoch, "loss": loss_value,
-                          "loss_avg": running_loss / running_count, "lr": scheduler.get_last_lr()[0],
+                          "loss_avg": running_loss / running_count, "lr": learning_rate,
                           "logit_scale": float(unwrapped.clip.logit_scale.detach().exp()),
                           "failed_videos": state.failed_videos, "skipped_batches": state.skipped_batches}
                 for name in ("contrastive_loss", "generation_loss"):
@@ -660,7 +661,11 @@ def _tracker_config(args: TrainArguments) -> dict:
 def run(args: TrainArguments, step_callback: Callable | None = None) -> dict:
     """Everything `train.py` does for parsed `args`; returns the run summary (also written to run_summary.json)."""
     started = time.time()
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, step_scheduler_with_optimizer=False,
+    # `torchrun --nproc_per_node N` on a machine without GPUs: accelerate only forms a CPU process group (gloo)
+    # when told to use the CPU; otherwise each process would train alone on duplicated data.
+    cpu_only_launch = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu_only_launch, mixed_precision=args.mixed_precision,
+                              step_scheduler_with_optimizer=False,
                               log_with="tensorboard" if args.report_to == "tensorboard" else None,
                               project_dir=args.output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
