@@ -2,6 +2,10 @@
 
 Public names are resolved lazily so that importing one part (say, the metrics) does not pay for
 the others (the model pulls in transformers and torch).
+
+Reaching any of `PIGConfig`, `PIGModel` or `PIGProcessor` (``from modeling_pig import PIGModel``) imports all
+three modules, which registers the Auto classes together: afterwards ``AutoConfig``, ``AutoModel`` and
+``AutoProcessor`` load a saved PIG folder without ``trust_remote_code``.
 """
 
 from importlib import import_module
@@ -23,9 +27,15 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
+# Modules that register themselves with AutoConfig / AutoModel / AutoProcessor when imported.
+_AUTO_MODULES = ("configuration_pig", "modeling_pig", "processing_pig")
+
 
 def __getattr__(name):
     if name in _LAZY:
+        if _LAZY[name] in _AUTO_MODULES:
+            for module_name in _AUTO_MODULES:
+                import_module(f".{module_name}", __name__)
         module = import_module(f".{_LAZY[name]}", __name__)
         value = getattr(module, name)
         globals()[name] = value

@@ -35,6 +35,17 @@ def tiny_clip_config_dict(**overrides):
     return cfg
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_intra_op_thread():
+    """`make test` runs two xdist workers on a 2-core machine: one torch thread each avoids oversubscription,
+    which makes the tiny models of the tests many times slower. Subprocesses get OMP_NUM_THREADS=1 too."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture
 def tiny_clip_config():
     return tiny_clip_config_dict()
