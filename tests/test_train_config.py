@@ -1,6 +1,10 @@
 """Recipes and flags of training/train.py: every YAML recipe is valid, yaml < CLI, unknown keys are errors."""
 
+import dataclasses
+import types
+import typing
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -97,3 +101,53 @@ def test_init_from_clip_is_the_clip_model_flag_and_model_config_is_json(tmp_path
 def test_push_to_hub_needs_a_repo_id():
     with pytest.raises(ValueError, match="hub_model_id"):
         parse_args(["--push_to_hub"])
+
+
+def test_no_argument_is_the_embedded_demo():
+    args = parse_args([])
+    assert args.config is None and args.clip_model is None      # the tiny random model, no download
+    assert (args.dataset, args.stage1_dataset, args.stage) == ("synthetic", "synthetic", "both")
+    assert args.data_dir is None and args.output_dir == "outputs"
+    assert args.do_final_eval and not args.push_to_hub and args.resume_from_checkpoint is None
+
+
+def _override(name, annotation, current):
+    """Command-line tokens that set field `name` to a value different from `current`, and that value."""
+    origin, options = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        annotation = next(a for a in options if a is not type(None))
+        origin, options = typing.get_origin(annotation), typing.get_args(annotation)
+    if name == "model_config":
+        value = '{"its_top_k": 3}'
+    elif origin is Literal:
+        value = next(option for option in options if option != current)
+    elif origin is list:
+        value = ["override_a", "override_b"]
+        return [f"--{name}", *value], value
+    elif annotation is bool:
+        value = not current
+    elif annotation is int:
+        value = (current or 0) + 7
+    elif annotation is float:
+        value = (current or 0.0) * 2 + 0.5
+    else:
+        value = f"override-{name}"
+    return [f"--{name}", str(value)], value
+
+
+def test_every_flag_overrides_the_recipe():
+    recipe = CONFIG_DIR / "msrvtt_9k_pig_b32.yaml"
+    from_recipe = parse_args(["--config", str(recipe)])
+    hints = typing.get_type_hints(TrainArguments)
+    argv, expected = ["--config", str(recipe)], {}
+    for spec in dataclasses.fields(TrainArguments):
+        if spec.name == "config":
+            continue
+        tokens, value = _override(spec.name, hints[spec.name], getattr(from_recipe, spec.name))
+        argv += tokens
+        expected[spec.name] = value
+    args = parse_args(argv)
+    for name, value in expected.items():
+        assert getattr(args, name) == value, name
+        assert getattr(args, name) != getattr(from_recipe, name), name
+    assert len(expected) == len(dataclasses.fields(TrainArguments)) - 1

@@ -78,8 +78,9 @@ class TrainArguments:
     train_split: str = "train"
     eval_split: str = field(default="test", metadata={
         "help": "Split for periodic and final evaluation (the paper selects on test; see docs/training.md)."})
-    missing_videos: Literal["error", "drop"] = field(default="error", metadata={
-        "help": "Videos named by the annotations but absent on disk: error, or drop the rows (logged)."})
+    missing_videos: Literal["error", "drop", "keep"] = field(default="error", metadata={
+        "help": "Videos named by the annotations but absent on disk: error (before training starts), drop the "
+                "rows (logged), or keep them: each visit is then skipped and counted like an undecodable video."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N train videos."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N eval videos."})
     synthetic_num_train: int = field(default=240, metadata={"help": "Synthetic benchmark: train videos."})

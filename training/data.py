@@ -68,7 +68,8 @@ class EpochSampler(Sampler):
 
 
 def _failure(item_id: str, path: Any, error: Exception) -> dict:
-    return {"ok": False, "id": item_id, "path": str(path), "error": f"{type(error).__name__}: {error}"}
+    return {"ok": False, "id": item_id, "path": None if path is None else str(path),
+            "error": f"{type(error).__name__}: {error}"}
 
 
 def _pick_caption(captions: Sequence[str] | str, generator: torch.Generator, where: str) -> str:
@@ -183,7 +184,8 @@ class TrainCollator:
     """Drops failed items and turns the rest into model inputs with the processor.
 
     Returns a dict with `input_ids` [n, L], `attention_mask` [n, L], `pixel_values` [n, T, 3, S, S] (absent when
-    every item failed), `num_failed` (int) and `failed` (list of "path: error" strings).
+    every item failed), `num_failed` (int) and `failed` (list of "path: error" strings; the item id when the row
+    has no file).
     """
 
     def __init__(self, processor):
@@ -191,7 +193,7 @@ class TrainCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         good = [item for item in items if item["ok"]]
-        failed = [f"{item['path']}: {item['error']}" for item in items if not item["ok"]]
+        failed = [f"{item['path'] or item['id']}: {item['error']}" for item in items if not item["ok"]]
         batch: dict[str, Any] = {"num_failed": len(failed), "failed": failed}
         if good:
             features = self.processor(text=[item["caption"] for item in good],

@@ -542,7 +542,8 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
         for batch in epoch_loader:
             state.batches_in_epoch += 1
             for failure in batch["failed"]:
-                logger.warning(f"stage {stage}: skipped an undecodable item: {failure}", main_process_only=False)
+                logger.warning(f"stage {stage}: skipped an unreadable item (missing or undecodable): {failure}",
+                               main_process_only=False)
             failed, smallest, largest = _distributed_counts(accelerator, batch)
             state.failed_videos += failed
             if smallest == 0:
@@ -615,7 +616,7 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
     progress.close()
     epochs_done = state.epoch + state.batches_in_epoch / batches_per_epoch
     if state.failed_videos or state.skipped_batches:
-        logger.warning(f"stage {stage}: {state.failed_videos} undecodable items skipped, "
+        logger.warning(f"stage {stage}: {state.failed_videos} unreadable (missing or undecodable) items skipped, "
                        f"{state.skipped_batches} whole batches skipped")
     return {"state": state, "model": model, "steps": state.step, "epochs": epochs_done,
             "failed_videos": state.failed_videos, "skipped_batches": state.skipped_batches,
