@@ -543,17 +543,23 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
     frames: dict[int, np.ndarray] = {}
     packets = None
     position = None  # decode position (packet number) after the last packet sent; None right after a seek
+    seeked_position = -1  # decode position of the keyframe the last seek aimed at
     last_rank = seek_rank = -1
     skip_mode = "DEFAULT"
     try:
         while remaining:
             keyframe = _keyframe_before(timeline, timeline.pts[remaining[0]])
             keyframe_position = timeline.decode_position[keyframe]
-            if packets is None or (position is not None and keyframe_position - position >= SEEK_MIN_SKIPPED_PACKETS):
+            # Seeks only ever aim at a later keyframe than the last one: a demuxer may land a whole GOP early
+            # (seen on VFR MP4 files with B-frames), and aiming at the same keyframe again lands there again, forever.
+            # So every keyframe is sought at most once and the loop ends.
+            if packets is None or (position is not None and keyframe_position > seeked_position
+                                   and keyframe_position - position >= SEEK_MIN_SKIPPED_PACKETS):
                 packets = _seek(container, stream, timeline, keyframe, timeline.keyframe_dts.get(keyframe),
                                 keyframe_position)
                 stats.seeks += 1
                 position, last_rank, seek_rank = None, -1, rank_of_pts[keyframe]
+                seeked_position = keyframe_position
             packet = next(packets, None)
             if packet is None:
                 raise _FallBack("the stream ended before every target frame was decoded")

@@ -315,6 +315,26 @@ def test_dense_keyframes_are_seeked_to_and_sparse_ones_are_not(tmp_path):
     assert SEEK_MIN_SKIPPED_PACKETS > 1
 
 
+@pytest.mark.timeout(60)
+def test_a_seek_that_lands_a_gop_early_is_not_repeated_forever(tmp_path):
+    # In this VFR MP4 (B-frames, ms timestamps) a seek to the keyframe at frame 87 lands at the keyframe at 58,
+    # 29 packets early; aiming at frame 87 again from there used to land at 58 again, forever.
+    pts_ms = [sum(40 if j % 3 else 100 for j in range(i)) for i in range(120)]
+    path = write_video(tmp_path / "vfr_gop30.mp4", num_frames=120, gop=30, fps=None, frame_pts_ms=pts_ms)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = [p for p in container.demux(stream) if p.size]
+        keyframe = packets[87]
+        assert keyframe.is_keyframe
+        container.seek(keyframe.pts, stream=stream, backward=True)
+        landing = next(container.demux(stream))
+        assert [p.pts for p in packets].index(landing.pts) == 58  # the demuxer behaviour this test is about
+    sample = read_video(path, 4, start=5.5)  # every target lies after frame 87
+    assert sample.indices[0] > 87 and sample.decode_path == "timestamp"
+    assert sample.seeks <= 5  # each keyframe is aimed at once at most
+    assert_frames_match_reference(sample, path)
+
+
 def test_decoding_stops_after_the_last_target(tmp_path):
     path = write_video(tmp_path / "long.mp4", num_frames=150, gop=300)
     sample = read_video(path, 4, start=0.0, end=1.0)  # frames 0..24 of 150
