@@ -162,6 +162,28 @@ def count_flops(fn: Callable[[], object], depth: int = 3) -> tuple[int, dict[str
     return int(counter.get_total_flops()), per_module
 
 
+def add_threads_argument(parser, quick_default: int = 1) -> None:
+    """Add ``--threads`` to a benchmark's argument parser (resolve it with ``resolve_threads``)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"torch intra-op threads (default: torch's default, {quick_default} with --quick). On "
+                             "a shared machine 1 thread gives steadier numbers: OpenMP threads that wait for a "
+                             "descheduled sibling at every barrier can make small operations 100x slower")
+
+
+def resolve_threads(threads: int | None, quick: bool, quick_default: int = 1) -> int:
+    """Set torch's intra-op thread count (``threads``; ``quick_default`` in quick mode; else torch's default).
+
+    Returns the thread count in effect. Call it before any timing and before ``machine_description``.
+    """
+    if threads is None and quick:
+        threads = quick_default
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def rss_bytes() -> tuple[int, int]:
     """(current RSS, peak RSS) of this process in bytes, from /proc/self/status (VmRSS, VmHWM)."""
     values = {}
@@ -195,6 +217,11 @@ def machine_description() -> str:
     load = os.getloadavg()
     return (f"{cpu}, {os.cpu_count()} CPU cores, {memory}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), load average at start {load[0]:.2f}")
+
+
+def load_average() -> float:
+    """The 1-minute load average (how many runnable processes compete for the cores)."""
+    return os.getloadavg()[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ text-conditioned interaction for every (query, video) pair over the T stored fra
 measures, on one machine in one run and for galleries of N stored videos:
 
 * the bytes stored per video (PIG and meanP: the width of the model's real ``get_video_features`` output;
-  Single-Tower: T frame features),
+  Single-Tower: the T frame features; Single-Tower (K/V stored): T keys and T out-projected values),
 * the per-query latency = text encoding (the model's ``get_text_features``, 50 tokens) + scoring all N
   videos + top-k, median over repeats (methods interleaved within each repeat so that background load
   hits all of them alike),
-* the FLOPs per query (torch FlopCounterMode) and the latency ratio to PIG.
+* the FLOPs per query (torch FlopCounterMode) and the latency ratios to PIG, of the whole query and of the
+  scoring alone (every method here runs the same CLIP text encoder, so the scoring is where they differ).
 
 Galleries are random (fp16 storage, fp32 compute in chunks). Single-Tower rows with N above
 ``--max-single-tower-n`` are extrapolated linearly from the largest measured N (the scorer is chunked,
@@ -29,8 +30,9 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from _common import (build_model, count_flops, format_bytes, format_seconds, machine_description,
-                     markdown_table, median, random_pixel_values, random_text_inputs, timed, write_json)
+from _common import (add_threads_argument, build_model, count_flops, format_bytes, format_seconds,
+                     load_average, machine_description, markdown_table, median, random_pixel_values, random_text_inputs,
+                     resolve_threads, timed, write_json)
 from single_tower import XPoolScorer
 
 FP16_BYTES = 2
@@ -50,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=4096, help="Two-Tower scoring chunk (videos)")
     parser.add_argument("--single-tower-chunk", type=int, default=512, help="Single-Tower scoring chunk (videos)")
     parser.add_argument("--seed", type=int, default=0)
+    add_threads_argument(parser)
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -145,6 +148,7 @@ def stored_vector_width(model, clip_config: dict, num_frames: int) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     """Measure every method at every N; return the raw results (rows + metadata)."""
+    resolve_threads(args.threads, args.quick)
     machine = machine_description()  # before the work: the load average says how busy the machine was
     generator = torch.Generator().manual_seed(args.seed)
     models = {"PIG": build_model(args.shape, "PIG", num_frames=args.num_frames, seed=args.seed),
@@ -212,11 +216,12 @@ def run(args: argparse.Namespace) -> dict:
     for row in rows:
         pig = next(r for r in rows if r["n"] == row["n"] and r["method"] == "PIG")
         row["ratio_to_pig"] = row["total_s"] / pig["total_s"]
+        row["search_ratio_to_pig"] = row["search_s"] / pig["search_s"]
         row["stored_bytes_per_video"] = stored_bytes[row["method"]]
         row["gallery_bytes"] = stored_bytes[row["method"]] * row["n"]
         row["gflops_per_query"] = (flops[row["method"]]["text"]
                                    + flops[row["method"]]["search_per_video"] * row["n"]) / 1e9
-    return dict(machine=machine, shape=args.shape, repeats=args.repeats, top_k=args.top_k,
+    return dict(machine=machine, load_at_end=load_average(), shape=args.shape, repeats=args.repeats, top_k=args.top_k,
                 num_frames=args.num_frames, dim=dim, rows=rows, command=" ".join(sys.argv))
 
 
@@ -228,10 +233,12 @@ def render(results: dict) -> str:
         table_rows.append([f"{row['n']:,}", row["method"], format_bytes(row["stored_bytes_per_video"]),
                            format_bytes(row["gallery_bytes"]), f"{row['gflops_per_query']:.2f}",
                            format_seconds(row["text_s"]), format_seconds(row["search_s"]) + mark,
-                           format_seconds(row["total_s"]) + mark, f"{row['ratio_to_pig']:.2f}x"])
+                           format_seconds(row["total_s"]) + mark, f"{row['ratio_to_pig']:.2f}x",
+                           f"{row['search_ratio_to_pig']:.1f}x"])
     headers = ["N videos", "method", "stored / video", "gallery", "GFLOPs / query", "text encoder",
-               f"scoring + top-{results['top_k']}", "per-query total", "total / PIG"]
-    lines = [f"Machine: {results['machine']}",
+               f"scoring + top-{results['top_k']}", "per-query total", "total / PIG",
+               "scoring / PIG"]
+    lines = [f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
              f"Shape: {results['shape']} text encoder ({results['dim']}-d embeddings), "
              f"{results['num_frames']} frame features per video for Single-Tower; median of "
              f"{results['repeats']} queries per cell (after one warm-up query).", "",

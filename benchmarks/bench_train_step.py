@@ -1,11 +1,14 @@
 """Training-step time and peak memory of PIG against its CLIP-ViP baseline (CPU).
 
 Every configuration runs in a fresh Python subprocess (this script with ``--worker``), so that its peak
-resident memory (VmHWM = ``ru_maxrss``) belongs to that configuration alone. A worker builds a randomly
+resident memory (VmHWM = ``ru_maxrss``) belongs to that configuration alone. The compared models take turns:
+``--rounds`` rounds per shape, each running one worker per model, in alternating order (CLIP-ViP then PIG, then
+PIG then CLIP-ViP, ...), so that background load hits both alike. A worker builds a randomly
 initialised model and AdamW, then runs ``--steps`` + 1 full steps (forward with ``return_loss=True``,
 backward, optimiser step) on random inputs; the first step allocates the optimiser state, is counted with
-FlopCounterMode (forward + backward FLOPs) and is not timed. Reported: median step time, FLOPs per step,
-peak RSS, and the peak minus the RSS after the model was built (gradients + optimiser state + activations).
+FlopCounterMode (forward + backward FLOPs) and is not timed. Reported: median step time over all rounds,
+FLOPs per step, peak RSS (the largest over rounds), and that peak minus the RSS after the model was built
+(gradients + optimiser state + activations).
 
     python benchmarks/bench_train_step.py             # tiny and B/32 shapes (docs/performance.md)
     python benchmarks/bench_train_step.py --quick     # tiny shape, 1 timed step (smoke test)
@@ -21,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from _common import (build_model, clip_config_dict, count_flops, format_bytes, format_seconds,
-                     machine_description, markdown_table, median, random_pixel_values, random_text_inputs,
-                     rss_bytes, timed, write_json)
+from _common import (add_threads_argument, build_model, clip_config_dict, count_flops, format_bytes,
+                     format_seconds, load_average, machine_description, markdown_table, median,
+                     random_pixel_values, random_text_inputs, resolve_threads, rss_bytes, timed, write_json)
 
 MODELS = ("CLIP-ViP", "PIG")
 RESULT_PREFIX = "RESULT "  # the worker's last stdout line: RESULT {json}
@@ -32,9 +35,12 @@ RESULT_PREFIX = "RESULT "  # the worker's last stdout line: RESULT {json}
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shape only, 1 timed step")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 3)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per worker (default 3)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="workers per model and shape, the models taking turns (default 2; 1 with --quick)")
     parser.add_argument("--checkpointing", action="store_true",
                         help="also run B/32 with activation checkpointing on (when the model supports it)")
+    add_threads_argument(parser)
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     # worker mode: one configuration in this process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -45,11 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--activation-checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.steps = args.steps or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    if args.steps < 1 or args.rounds < 1:
+        parser.error("--steps and --rounds must be at least 1")
     return args
 
 
 def configurations(args: argparse.Namespace) -> list[dict]:
-    """The (shape, batch, frames, checkpointing) grid, each run for every model in ``MODELS``."""
+    """The (shape, batch, frames, checkpointing) grid; each is run for every model in ``MODELS``."""
     if args.quick:
         grid = [dict(shape="tiny", batch_size=4, num_frames=4, activation_checkpointing=False)]
     else:
@@ -57,7 +66,7 @@ def configurations(args: argparse.Namespace) -> list[dict]:
                 dict(shape="b32", batch_size=2, num_frames=12, activation_checkpointing=False)]
         if args.checkpointing:
             grid.append(dict(shape="b32", batch_size=2, num_frames=12, activation_checkpointing=True))
-    return [dict(config, model=model) for config in grid for model in MODELS]
+    return grid
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,6 +84,7 @@ def enable_activation_checkpointing(model) -> None:
 
 def worker(args: argparse.Namespace) -> dict:
     """Run one configuration; return its measurements."""
+    resolve_threads(args.threads, quick=False)
     torch.manual_seed(0)
     model = build_model(args.shape, args.model, num_frames=args.num_frames).train()
     if args.activation_checkpointing:
@@ -104,36 +114,59 @@ def worker(args: argparse.Namespace) -> dict:
                 rss_after_build=rss_after_build, peak_rss=peak, threads=torch.get_num_threads())
 
 
-def run_worker_subprocess(config: dict, steps: int) -> dict:
-    """Run one configuration in a fresh interpreter and parse its RESULT line."""
+def run_worker_subprocess(config: dict, model: str, steps: int, threads: int) -> dict:
+    """Run one configuration of ``model`` in a fresh interpreter and parse its RESULT line."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--steps", str(steps),
-               "--shape", config["shape"], "--model", config["model"], "--batch-size", str(config["batch_size"]),
-               "--num-frames", str(config["num_frames"])]
+               "--threads", str(threads), "--shape", config["shape"], "--model", model,
+               "--batch-size", str(config["batch_size"]), "--num-frames", str(config["num_frames"])]
     if config["activation_checkpointing"]:
         command.append("--activation-checkpointing")
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
-        raise RuntimeError(f"worker {config} failed with exit code {completed.returncode}:\n{completed.stderr[-4000:]}")
+        raise RuntimeError(f"worker {model} {config} failed with exit code {completed.returncode}:\n"
+                           f"{completed.stderr[-4000:]}")
     lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if len(lines) != 1:
-        raise RuntimeError(f"worker {config} printed {len(lines)} RESULT lines; stdout:\n{completed.stdout[-4000:]}")
+        raise RuntimeError(f"worker {model} {config} printed {len(lines)} RESULT lines; stdout:\n"
+                           f"{completed.stdout[-4000:]}")
     return json.loads(lines[0][len(RESULT_PREFIX):])
 
 
+def merge_rounds(results: list[dict]) -> dict:
+    """One row from the workers of one (configuration, model): median step over all timed steps, largest peak."""
+    steps = [seconds for result in results for seconds in result["all_step_seconds"]]
+    peak = max(results, key=lambda result: result["peak_rss"])
+    return dict(results[0], rounds=len(results), all_step_seconds=steps, step_seconds=median(steps),
+                peak_rss=peak["peak_rss"], rss_after_build=peak["rss_after_build"],
+                all_peak_rss=[result["peak_rss"] for result in results])
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Run every configuration in its own subprocess; return the raw results."""
+    """Run every configuration and model in its own subprocess, models taking turns; return the raw results."""
+    threads = resolve_threads(args.threads, args.quick)
     machine = machine_description()  # before the work: the load average says how busy the machine was
     from tqdm.auto import tqdm
 
-    rows = [run_worker_subprocess(config, args.steps)
-            for config in tqdm(configurations(args), desc="train step", file=sys.stderr)]
+    grid = configurations(args)
+    progress = tqdm(total=len(grid) * args.rounds * len(MODELS), desc="train step", file=sys.stderr)
+    rows = []
+    for config in grid:
+        per_model: dict[str, list[dict]] = {model: [] for model in MODELS}
+        for round_index in range(args.rounds):
+            order = MODELS if round_index % 2 == 0 else MODELS[::-1]  # alternate who goes first
+            for model in order:
+                per_model[model].append(run_worker_subprocess(config, model, args.steps, threads))
+                progress.update()
+        rows += [merge_rounds(per_model[model]) for model in MODELS]
+    progress.close()
     for row in rows:
         base = next(r for r in rows if r["model"] == "CLIP-ViP" and r["shape"] == row["shape"]
                     and r["activation_checkpointing"] == row["activation_checkpointing"])
         row["time_ratio_to_vip"] = row["step_seconds"] / base["step_seconds"]
         row["flops_ratio_to_vip"] = row["train_gflops_per_step"] / base["train_gflops_per_step"]
         row["peak_ratio_to_vip"] = row["peak_rss"] / base["peak_rss"]
-    return dict(machine=machine, steps=args.steps, rows=rows, command=" ".join(sys.argv))
+    return dict(machine=machine, load_at_end=load_average(), steps=args.steps, rounds=args.rounds, rows=rows,
+                command=" ".join(sys.argv))
 
 
 def render(results: dict) -> str:
@@ -146,9 +179,11 @@ def render(results: dict) -> str:
              for row in results["rows"]]
     headers = ["shape", "videos x frames", "act. ckpt", "model", "GFLOPs / step (fwd+bwd)", "step time",
                "time / CLIP-ViP", "peak RSS", "peak - RSS after build", "peak / CLIP-ViP"]
-    return "\n".join([f"Machine: {results['machine']}",
-                      f"AdamW, fp32, median of {results['steps']} timed steps after one untimed step; each "
-                      "configuration in a fresh subprocess.", "", markdown_table(headers, table)])
+    return "\n".join([f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
+                      f"AdamW, fp32; {results['rounds']} round(s) per shape, one fresh subprocess per model and "
+                      f"round, the models taking turns; each subprocess times {results['steps']} steps after "
+                      "one untimed step; step time = median over all timed steps, peak = largest over rounds.",
+                      "", markdown_table(headers, table)])
 
 
 def main(argv=None) -> None:
