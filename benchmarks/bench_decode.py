@@ -8,12 +8,17 @@ For every video in a folder (default: ../shared/data/videos) it times, per video
 * ``full (RGB)``: decoding every frame and converting each to RGB (decode everything, then index);
 * ``full (decode only)``: decoding every frame without the RGB conversion, the floor of any full-decode approach.
 
-Each time is the median of ``--repeats`` runs; ``frames/s`` is 12 sampled frames divided by that time. The last
-columns say how ours decoded the file (timestamp path with seeks and skipped non-reference frames, or the
-sequential counting fallback) and how many frames load_video returned (it returns fewer than 12 silently when the
-container lists more frames than decode). Prints a markdown table.
+Each time is the median of ``--repeats`` rounds in which the methods take turns (so that a change in machine
+load hits them alike); ``frames/s`` is 12 sampled frames divided by that time. The last columns say how ours
+decoded the file (timestamp path with seeks and skipped non-reference frames, or the sequential counting
+fallback) and how many frames load_video returned (it returns fewer than 12 silently when the container lists
+more frames than decode). Prints a markdown table, and the machine's load average before and after.
 
-    python benchmarks/bench_decode.py [--videos DIR] [--repeats 5] [--quick]
+``--seek_thresholds 2 4 8 12 never`` adds a second table: ours under each value of
+``modeling_pig.video_io.SEEK_MIN_SKIPPED_PACKETS`` (set on the module for the run; ``never`` seeks only once, to
+the first keyframe), interleaved the same way, with the packets each sends to the decoder.
+
+    python benchmarks/bench_decode.py [--videos DIR] [--repeats 5] [--quick] [--seek_thresholds 2 4 8 12 never]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from modeling_pig import video_io
 from modeling_pig.video_io import decode_all_frames, read_video, sample_frame_indices
 
 NUM_FRAMES = 12
@@ -38,14 +44,20 @@ DEFAULT_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".webm", ".mkv"}
 
 
-def _time(function, repeats: int) -> tuple[float, object]:
-    """Median wall time in seconds over ``repeats`` calls, and the last result."""
-    times, result = [], None
+def _time_interleaved(methods: dict, repeats: int) -> tuple[dict, dict]:
+    """Median wall time (s) of each method over ``repeats`` rounds, and each method's last result.
+
+    One untimed warm-up call each (file cache, lazy imports), then the methods take turns inside every round,
+    so that a change in machine load hits them alike.
+    """
+    results = {name: function() for name, function in methods.items()}
+    times = {name: [] for name in methods}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for name, function in methods.items():
+            start = time.perf_counter()
+            results[name] = function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}, results
 
 
 def _decode_only(path: Path) -> int:
@@ -68,10 +80,14 @@ def benchmark(videos: list[Path], repeats: int) -> list[dict]:
     """Time every method on every video; one row (dict) per video."""
     rows = []
     for path in tqdm(videos, desc="videos", file=sys.stderr):
-        ours_s, sample = _time(lambda: read_video(path, NUM_FRAMES), repeats)
-        load_s, load_frames = _time(lambda: _load_video_same_indices(path), repeats)
-        full_s, _ = _time(lambda: decode_all_frames(path), repeats)
-        decode_s, count = _time(lambda: _decode_only(path), repeats)
+        seconds, results = _time_interleaved({
+            "ours": lambda: read_video(path, NUM_FRAMES),
+            "load_video": lambda: _load_video_same_indices(path),
+            "full_rgb": lambda: decode_all_frames(path),
+            "full_decode": lambda: _decode_only(path),
+        }, repeats)
+        ours_s, load_s, full_s, decode_s = (seconds[k] for k in ("ours", "load_video", "full_rgb", "full_decode"))
+        sample, load_frames, count = results["ours"], results["load_video"], results["full_decode"]
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             size = f"{stream.width}x{stream.height}"
@@ -106,6 +122,39 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+NEVER = sys.maxsize  # a seek threshold no gap reaches: only the first positioning seek happens
+
+
+def _threshold(text: str) -> int:
+    if text == "never":
+        return NEVER
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a seek threshold must be >= 1 or 'never', got {text!r}")
+    return value
+
+
+def seek_threshold_sweep(videos: list[Path], thresholds: list[int], repeats: int) -> str:
+    """Time ``read_video(path, 12)`` under each seek threshold, interleaved; a markdown table (one row per video)."""
+    def under(threshold, path):
+        def run():
+            saved = video_io.SEEK_MIN_SKIPPED_PACKETS
+            video_io.SEEK_MIN_SKIPPED_PACKETS = threshold
+            try:
+                return read_video(path, NUM_FRAMES)
+            finally:
+                video_io.SEEK_MIN_SKIPPED_PACKETS = saved
+        return run
+
+    names = ["never" if t == NEVER else str(t) for t in thresholds]
+    lines = ["| video | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for path in tqdm(videos, desc="seek thresholds", file=sys.stderr):
+        seconds, results = _time_interleaved({name: under(t, path) for name, t in zip(names, thresholds)}, repeats)
+        cells = [f"{seconds[n] * 1e3:.0f} ({results[n].packets_decoded}, {results[n].seeks})" for n in names]
+        lines.append(f"| {path.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python "
             f"{platform.python_version()}, PyAV {av.__version__} (FFmpeg libavcodec "
@@ -117,6 +166,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder of videos")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method and video (median)")
     parser.add_argument("--quick", action="store_true", help="smoke test: the smallest video, one repeat")
+    parser.add_argument("--seek_thresholds", nargs="+", type=_threshold, default=None,
+                        help="also time ours under these SEEK_MIN_SKIPPED_PACKETS values (ints or 'never')")
     args = parser.parse_args(argv)
     videos = sorted(p for p in args.videos.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
     if not videos:
@@ -124,10 +175,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     repeats = args.repeats
     if args.quick:
         videos, repeats = [min(videos, key=lambda p: p.stat().st_size)], 1
+    load_before = os.getloadavg()
     rows = benchmark(videos, repeats)
-    print(f"Machine: {machine()}; median of {repeats} run(s); {NUM_FRAMES} frames, test-mode sampling.\n")
+    sweep = seek_threshold_sweep(videos, args.seek_thresholds, repeats) if args.seek_thresholds else None
+    load_after = os.getloadavg()
+    print(f"Machine: {machine()}; median of {repeats} run(s); {NUM_FRAMES} frames, test-mode sampling; "
+          f"load average (1/5/15 min) {_load(load_before)} before, {_load(load_after)} after.\n")
     print(markdown(rows))
+    if sweep is not None:
+        print("\nours by SEEK_MIN_SKIPPED_PACKETS: median ms (packets sent to the decoder, seeks)\n")
+        print(sweep)
     return rows
+
+
+def _load(averages) -> str:
+    return "/".join(f"{value:.1f}" for value in averages)
 
 
 if __name__ == "__main__":

@@ -59,11 +59,17 @@ MAX_UNDECODABLE_FRAMES = 2
 Files written by some tools (e.g. OpenCV's writer) list a last packet that decodes to nothing; the frame count is
 then the number of frames that did decode. More missing frames than this is a truncated or corrupt file."""
 
-SEEK_MIN_SKIPPED_PACKETS = 12
+SEEK_MIN_SKIPPED_PACKETS = 4
 """Seek to the keyframe before the next target only when that skips at least this many packets.
 
-A seek costs a demuxer reposition, a decoder flush and an intra frame; decoding a few packets (most of them
-skipped non-reference frames) is cheaper. Measured with ``benchmarks/bench_decode.py``."""
+Reading forward decodes every reference frame on the way; a seek costs a demuxer reposition and a decoder flush
+(the keyframe it lands on is decoded either way). On the real sample videos (MP4/H.264, keyframes every 30-72
+frames), 4 sends the decoder no more packets than 12 on any file and fewer on two (cup.mp4: 171 instead of 192 of
+217; bikes.mp4: 228 instead of 237 of 250); the wall-time differences between thresholds 2, 4, 8 and 12 were
+within the noise of the shared 2-core build machine, while never seeking was 15-30 % slower (cup.mp4,
+WolfgangLanger_Pexels.mp4). Measured with ``benchmarks/bench_decode.py --seek_thresholds``; see
+docs/performance.md. 4 rather than 2 leaves a margin for containers whose seek is a search through the file
+(MPEG-TS, Matroska without cues)."""
 
 _READ_TIMEOUT_S = 60.0  # a stalled read (network filesystem) raises instead of hanging forever
 _TIME_EPS = 1e-6  # seconds; tolerance when comparing clip bounds with frame timestamps

@@ -461,3 +461,25 @@ def test_decode_all_frames_is_the_full_reference(generated):
     reference, count = reference_frames(path, range(60))
     assert frames.shape[0] == count == 60
     np.testing.assert_array_equal(frames[17], reference[17])
+
+
+def test_decode_benchmark_script_runs_and_reports_every_method(tmp_path, capsys):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decode.py"
+    spec = importlib.util.spec_from_file_location("bench_decode", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    write_video(tmp_path / "clip.mp4", num_frames=120, gop=5)
+    rows = bench.main(["--videos", str(tmp_path), "--repeats", "1", "--seek_thresholds", "4", "never"])
+    (row,) = rows
+    assert (row["file"], row["frames"], row["path"], row["load_video_frames"]) == ("clip.mp4", 120, "timestamp", 12)
+    assert row["seeks"] > 1 and row["packets"] < 120  # keyframes every 5 frames: ours seeks past some of them
+    assert all(row[key] > 0 for key in ("ours_s", "load_video_s", "full_rgb_s", "full_decode_s"))
+    out = capsys.readouterr().out
+    assert "| clip.mp4 | 64x48 |" in out and "| video | 4 | never |" in out
+    sweep_row = next(line for line in out.splitlines()[::-1] if line.startswith("| clip.mp4 |"))
+    threshold_4, never = (cell.strip() for cell in sweep_row.strip("|").split("|")[1:])
+    assert threshold_4.endswith(f"({row['packets']}, {row['seeks']})")  # same decode as the default run
+    assert never.endswith("(120, 1)")  # no seek but the first: every packet goes to the decoder
+    assert SEEK_MIN_SKIPPED_PACKETS == bench.video_io.SEEK_MIN_SKIPPED_PACKETS  # the sweep restores the setting
