@@ -68,7 +68,8 @@ def test_stage1_on_an_imagefolder_with_metadata(synthetic_dir, tmp_path, acceler
 def test_stage1_on_any_image_text_dataset_folder_with_list_captions(synthetic_dir, tmp_path, accelerator):
     rows = _image_rows(synthetic_dir)
     table = datasets.Dataset.from_dict(
-        {"picture": [str(synthetic_dir / r["relative_path"]) for r in rows], "sentences": [r["captions"] for r in rows]},
+        {"picture": [str(synthetic_dir / r["relative_path"]) for r in rows],
+         "sentences": [r["captions"] for r in rows]},
         features=datasets.Features({"picture": datasets.Image(), "sentences": [datasets.Value("string")]}))
     folder = tmp_path / "hub_style"
     folder.mkdir()

@@ -233,6 +233,28 @@ def test_resume_from_checkpoint_gives_the_same_weights_as_a_straight_run(tmp_pat
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step_5", "step_6"]
 
 
+def test_a_two_stage_run_interrupted_in_stage_two_resumes_there_without_redoing_stage_one(tmp_path, synthetic_dir):
+    common = ["--stage", "both", "--stage1_max_train_steps", "2", "--max_train_steps", "3",
+              "--checkpointing_steps", "1", "--no_do_final_eval"]
+    straight = tmp_path / "straight"
+    run_train(tiny_argv(straight, synthetic_dir, *common))
+
+    def stop_in_stage_two(state):
+        if state.stage == "2" and state.step == 1:
+            raise Interrupted
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        run_train(tiny_argv(resumed, synthetic_dir, *common), step_callback=stop_in_stage_two)
+    stage1_model = (resumed / "stage1" / "model.safetensors").stat().st_mtime_ns
+    summary = run_train(tiny_argv(resumed, synthetic_dir, *common, "--resume_from_checkpoint", "latest"))
+    assert (resumed / "stage1" / "model.safetensors").stat().st_mtime_ns == stage1_model
+    assert summary["stages"]["1"]["steps"] == 2 and summary["stages"]["2"]["steps"] == 3
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def test_a_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     (out / "checkpoints" / "step_1").mkdir(parents=True)
