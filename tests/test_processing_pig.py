@@ -141,11 +141,40 @@ def test_train_mode_and_clips_pass_through_to_the_decoder(small_videos):
 
 def test_images_become_one_frame_videos(tmp_path):
     processor = PIGProcessor(image_size=32)
-    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8))
-    image.save(tmp_path / "image.png")
-    out = processor(text=["an image", "another"], images=[image, tmp_path / "image.png"])
-    assert out["pixel_values"].shape == (2, 1, 3, 32, 32)
-    torch.testing.assert_close(out["pixel_values"][0], out["pixel_values"][1])
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "image.png")
+    grey = Image.fromarray(pixels[..., 0], mode="L")  # converted to RGB by repeating the channel
+    out = processor(text=["an image", "another"], images=[Image.fromarray(pixels), tmp_path / "image.png", grey])
+    assert out["pixel_values"].shape == (3, 1, 3, 32, 32)
+    expected = processor.preprocess_frames(pixels[None])  # [1, 3, 32, 32]
+    torch.testing.assert_close(out["pixel_values"][0], expected)
+    torch.testing.assert_close(out["pixel_values"][1], expected)  # png is lossless: the same pixels
+    torch.testing.assert_close(out["pixel_values"][2], processor.preprocess_frames(np.repeat(pixels[None, ..., :1], 3, -1)))
+    assert out["input_ids"].shape == (2, 50)
+
+
+def test_real_videos_give_clip_normalised_pixels_in_range(processor, shared_videos):
+    path = min(shared_videos, key=lambda p: p.stat().st_size)
+    out = processor(videos=[path, str(path)])["pixel_values"]
+    assert out.shape == (2, 12, 3, 224, 224) and out.dtype == torch.float32
+    torch.testing.assert_close(out[0], processor.preprocess_frames(read_video_frames(path, 12)))
+    assert torch.equal(out[0], out[1])  # test-mode sampling is deterministic, str and Path alike
+    pixels01 = out[0] * torch.tensor(CLIP_STD).view(3, 1, 1) + torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    # bicubic without clamping may overshoot [0, 1] a little at sharp edges, never far (2-D Keys kernel bound)
+    assert pixels01.min() > -0.45 and pixels01.max() < 1.45
+    assert ((pixels01 >= -0.02) & (pixels01 <= 1.02)).float().mean() > 0.999
+    frames = read_video_frames(path, 12)
+    assert abs(pixels01.mean().item() - frames.mean() / 255) < 0.01  # resizing keeps the mean brightness
+
+
+def test_a_video_shorter_than_num_frames_repeats_frames(tmp_path):
+    path = write_video(tmp_path / "three.mp4", num_frames=3)
+    processor = PIGProcessor(num_frames=12, image_size=16)
+    clip = processor(videos=path)["pixel_values"][0]  # [12, 3, 16, 16]
+    rows = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2]  # sample_frame_indices(3, 12)
+    distinct = processor.preprocess_frames(read_video_frames(path, 3))  # frames 0, 1, 2
+    torch.testing.assert_close(clip, distinct[rows])
+    assert not torch.allclose(distinct[0], distinct[1]) and not torch.allclose(distinct[1], distinct[2])
 
 
 def test_bad_inputs_raise_clear_errors(processor, small_videos, tmp_path):
