@@ -9,7 +9,8 @@ For every video in a folder (default: ../shared/data/videos) it times, per video
 * ``full (decode only)``: decoding every frame without the RGB conversion, the floor of any full-decode approach.
 
 Each time is the median of ``--repeats`` rounds in which the methods take turns (so that a change in machine
-load hits them alike); ``frames/s`` is 12 sampled frames divided by that time. The last columns say how ours
+load hits them alike); ``frames/s`` is 12 sampled frames divided by the wall time. Speed-ups are given for wall
+time and, in brackets, for CPU time, which a shared machine disturbs much less. The last columns say how ours
 decoded the file (timestamp path with seeks and skipped non-reference frames, or the sequential counting
 fallback) and how many frames load_video returned (it returns fewer than 12 silently when the container lists
 more frames than decode). Prints a markdown table, and the machine's load average before and after.
@@ -18,7 +19,7 @@ more frames than decode). Prints a markdown table, and the machine's load averag
 ``modeling_pig.video_io.SEEK_MIN_SKIPPED_PACKETS`` (set on the module for the run; ``never`` seeks only once, to
 the first keyframe), interleaved the same way, with the packets each sends to the decoder.
 
-    python benchmarks/bench_decode.py [--videos DIR] [--repeats 5] [--quick] [--seek_thresholds 2 4 8 12 never]
+    python benchmarks/bench_decode.py [--videos DIR] [--repeats 9] [--quick] [--seek_thresholds 2 4 8 12 never]
 """
 
 from __future__ import annotations
@@ -44,20 +45,24 @@ DEFAULT_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".webm", ".mkv"}
 
 
-def _time_interleaved(methods: dict, repeats: int) -> tuple[dict, dict]:
-    """Median wall time (s) of each method over ``repeats`` rounds, and each method's last result.
+def _time_interleaved(methods: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """Median wall time and median CPU time (s) of each method over ``repeats`` rounds, and its last result.
 
     One untimed warm-up call each (file cache, lazy imports), then the methods take turns inside every round,
-    so that a change in machine load hits them alike.
+    so that a change in machine load hits them alike. CPU time (this process, all threads) is what the work
+    costs; on a shared machine it varies much less than wall time, which also counts waiting for a core.
     """
     results = {name: function() for name, function in methods.items()}
-    times = {name: [] for name in methods}
+    wall = {name: [] for name in methods}
+    cpu = {name: [] for name in methods}
     for _ in range(repeats):
         for name, function in methods.items():
-            start = time.perf_counter()
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
             results[name] = function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}, results
+            wall[name].append(time.perf_counter() - wall_start)
+            cpu[name].append(time.process_time() - cpu_start)
+    return ({name: statistics.median(values) for name, values in wall.items()},
+            {name: statistics.median(values) for name, values in cpu.items()}, results)
 
 
 def _decode_only(path: Path) -> int:
@@ -80,44 +85,49 @@ def benchmark(videos: list[Path], repeats: int) -> list[dict]:
     """Time every method on every video; one row (dict) per video."""
     rows = []
     for path in tqdm(videos, desc="videos", file=sys.stderr):
-        seconds, results = _time_interleaved({
+        wall, cpu, results = _time_interleaved({
             "ours": lambda: read_video(path, NUM_FRAMES),
             "load_video": lambda: _load_video_same_indices(path),
             "full_rgb": lambda: decode_all_frames(path),
             "full_decode": lambda: _decode_only(path),
         }, repeats)
-        ours_s, load_s, full_s, decode_s = (seconds[k] for k in ("ours", "load_video", "full_rgb", "full_decode"))
         sample, load_frames, count = results["ours"], results["load_video"], results["full_decode"]
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             size = f"{stream.width}x{stream.height}"
             seconds = float(container.duration / av.time_base) if container.duration else float("nan")
         rows.append(dict(
-            file=path.name, size=size, seconds=seconds, frames=count, ours_s=ours_s, load_video_s=load_s,
-            full_rgb_s=full_s, full_decode_s=decode_s, path=sample.decode_path, packets=sample.packets_decoded,
-            seeks=sample.seeks, load_video_frames=len(load_frames),
+            file=path.name, size=size, seconds=seconds, frames=count,
+            **{f"{name}_s": value for name, value in wall.items()},
+            **{f"{name}_cpu_s": value for name, value in cpu.items()},
+            path=sample.decode_path, packets=sample.packets_decoded, seeks=sample.seeks,
+            load_video_frames=len(load_frames),
         ))
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    """The table (times in ms, throughput in sampled frames per second, speed-ups as ratios)."""
-    def rate(seconds):
-        return f"{NUM_FRAMES / seconds:.0f}"
+    """The table: wall ms (sampled frames per second) per method, then speed-ups of ours as wall (CPU) ratios."""
+    methods = ("ours", "load_video", "full_rgb", "full_decode")
+
+    def timing(r, name):
+        return f"{r[name + '_s'] * 1e3:.0f} ({NUM_FRAMES / r[name + '_s']:.0f})"
+
+    def speedup(r, name):
+        return f"{r[name + '_s'] / r['ours_s']:.2f}x ({r[name + '_cpu_s'] / r['ours_cpu_s']:.2f}x)"
 
     lines = [
         "| video | size | s | frames | ours ms (fr/s) | load_video ms (fr/s) | full RGB ms (fr/s) | full decode-only ms "
-        "(fr/s) | vs load_video | vs full RGB | vs decode-only | ours: path, packets, seeks | load_video frames |",
+        "(fr/s) | vs load_video, wall (CPU) | vs full RGB, wall (CPU) | vs decode-only, wall (CPU) "
+        "| ours: path, packets, seeks | load_video frames |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['file']} | {r['size']} | {r['seconds']:.1f} | {r['frames']} "
-            f"| {r['ours_s'] * 1e3:.0f} ({rate(r['ours_s'])}) | {r['load_video_s'] * 1e3:.0f} ({rate(r['load_video_s'])}) "
-            f"| {r['full_rgb_s'] * 1e3:.0f} ({rate(r['full_rgb_s'])}) | {r['full_decode_s'] * 1e3:.0f} ({rate(r['full_decode_s'])}) "
-            f"| {r['load_video_s'] / r['ours_s']:.2f}x | {r['full_rgb_s'] / r['ours_s']:.2f}x "
-            f"| {r['full_decode_s'] / r['ours_s']:.2f}x | {r['path']}, {r['packets']}, {r['seeks']} "
-            f"| {r['load_video_frames']} |"
+            f"| {r['file']} | {r['size']} | {r['seconds']:.1f} | {r['frames']} | "
+            + " | ".join(timing(r, name) for name in methods) + " | "
+            + " | ".join(speedup(r, name) for name in methods[1:])
+            + f" | {r['path']}, {r['packets']}, {r['seeks']} | {r['load_video_frames']} |"
         )
     return "\n".join(lines)
 
@@ -149,8 +159,9 @@ def seek_threshold_sweep(videos: list[Path], thresholds: list[int], repeats: int
     names = ["never" if t == NEVER else str(t) for t in thresholds]
     lines = ["| video | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for path in tqdm(videos, desc="seek thresholds", file=sys.stderr):
-        seconds, results = _time_interleaved({name: under(t, path) for name, t in zip(names, thresholds)}, repeats)
-        cells = [f"{seconds[n] * 1e3:.0f} ({results[n].packets_decoded}, {results[n].seeks})" for n in names]
+        wall, cpu, results = _time_interleaved({name: under(t, path) for name, t in zip(names, thresholds)}, repeats)
+        cells = [f"{wall[n] * 1e3:.0f} / {cpu[n] * 1e3:.0f} ({results[n].packets_decoded}, {results[n].seeks})"
+                 for n in names]
         lines.append(f"| {path.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -164,7 +175,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder of videos")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method and video (median)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds per video (medians)")
     parser.add_argument("--quick", action="store_true", help="smoke test: the smallest video, one repeat")
     parser.add_argument("--seek_thresholds", nargs="+", type=_threshold, default=None,
                         help="also time ours under these SEEK_MIN_SKIPPED_PACKETS values (ints or 'never')")
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"load average (1/5/15 min) {_load(load_before)} before, {_load(load_after)} after.\n")
     print(markdown(rows))
     if sweep is not None:
-        print("\nours by SEEK_MIN_SKIPPED_PACKETS: median ms (packets sent to the decoder, seeks)\n")
+        print("\nours by SEEK_MIN_SKIPPED_PACKETS: median wall / CPU ms (packets sent to the decoder, seeks)\n")
         print(sweep)
     return rows
 
