@@ -49,14 +49,17 @@ def _time_interleaved(methods: dict, repeats: int) -> tuple[dict, dict, dict]:
     """Median wall time and median CPU time (s) of each method over ``repeats`` rounds, and its last result.
 
     One untimed warm-up call each (file cache, lazy imports), then the methods take turns inside every round,
-    so that a change in machine load hits them alike. CPU time (this process, all threads) is what the work
-    costs; on a shared machine it varies much less than wall time, which also counts waiting for a core.
+    so that a change in machine load hits them alike; the order rotates from round to round, so that no method
+    always runs first or last. CPU time (this process, all threads) is what the work costs; on a shared machine
+    it varies less than wall time, which also counts waiting for a core.
     """
     results = {name: function() for name, function in methods.items()}
     wall = {name: [] for name in methods}
     cpu = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, function in methods.items():
+    order = list(methods.items())
+    for round_number in range(repeats):
+        shift = round_number % len(order)
+        for name, function in order[shift:] + order[:shift]:
             wall_start, cpu_start = time.perf_counter(), time.process_time()
             results[name] = function()
             wall[name].append(time.perf_counter() - wall_start)
