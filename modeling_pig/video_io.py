@@ -65,9 +65,9 @@ SEEK_MIN_SKIPPED_PACKETS = 4
 Reading forward decodes every reference frame on the way; a seek costs a demuxer reposition and a decoder flush
 (the keyframe it lands on is decoded either way). On the real sample videos (MP4/H.264, keyframes every 30-72
 frames), 4 sends the decoder no more packets than 12 on any file and fewer on two (cup.mp4: 171 instead of 192 of
-217; bikes.mp4: 228 instead of 237 of 250); the wall-time differences between thresholds 2, 4, 8 and 12 were
-within the noise of the shared 2-core build machine, while never seeking was 15-30 % slower (cup.mp4,
-WolfgangLanger_Pexels.mp4). Measured with ``benchmarks/bench_decode.py --seek_thresholds``; see
+217; bikes.mp4: 228 instead of 237 of 250); the time differences between thresholds 2, 4, 8 and 12 were
+within the noise of the shared 2-core build machine, while never seeking sent 10-27 % more packets on three
+files and took the most CPU time on them. Measured with ``benchmarks/bench_decode.py --seek_thresholds``; see
 docs/performance.md. 4 rather than 2 leaves a margin for containers whose seek is a search through the file
 (MPEG-TS, Matroska without cues)."""
 
