@@ -215,19 +215,34 @@ def test_save_and_load_round_trip_keeps_settings_and_outputs(tmp_path, small_vid
     assert PIGProcessor.from_pretrained(tmp_path, num_frames=8).num_frames == 8  # keyword overrides
 
 
-def test_auto_processor_with_trust_remote_code_in_a_fresh_process(tmp_path):
-    PIGProcessor(num_frames=5, max_length=20).save_pretrained(tmp_path)
+@pytest.fixture(scope="module", autouse=True)
+def remote_code_process(tmp_path_factory):
+    """A fresh Python loading a saved PIGProcessor by AutoProcessor with remote code, without this package.
+
+    Started when the module's first test starts, so that its interpreter start and imports (~10 s) overlap the
+    other tests; the test that checks it waits for it.
+    """
+    folder = tmp_path_factory.mktemp("remote_code")
+    PIGProcessor(num_frames=5, max_length=20).save_pretrained(folder)
     code = (
         "import sys; from transformers import AutoProcessor\n"
-        f"p = AutoProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)\n"
+        f"p = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
         "assert not any(m.startswith('modeling_pig') for m in sys.modules), 'modeling_pig was imported'\n"
         "print(type(p).__name__, p.num_frames, p(text='a photo of a cat')['input_ids'][0, :7].tolist())\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == f"PIGProcessor 5 {CAT_IDS}"
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, cwd=folder)
+    yield process
+    if process.poll() is None:  # the checking test was deselected or failed early
+        process.kill()
+        process.communicate()
+
+
+def test_auto_processor_with_trust_remote_code_in_a_fresh_process(remote_code_process):
+    stdout, stderr = remote_code_process.communicate(timeout=300)
+    assert remote_code_process.returncode == 0, stderr[-2000:]
+    assert stdout.strip() == f"PIGProcessor 5 {CAT_IDS}"
 
 
 class _VideoDataset(torch.utils.data.Dataset):
