@@ -8,8 +8,9 @@ measures, on one machine in one run and for galleries of N stored videos:
 * the bytes stored per video (PIG and meanP: the width of the model's real ``get_video_features`` output;
   Single-Tower: the T frame features; Single-Tower (K/V stored): T keys and T out-projected values),
 * the per-query latency = text encoding (the model's ``get_text_features``, 50 tokens) + scoring all N
-  videos + top-k, median over repeats (methods interleaved within each repeat so that background load
-  hits all of them alike),
+  videos + top-k, median over repeats (methods interleaved within each round, in an order that rotates
+  from round to round, so that background load hits all of them alike; the cheap Two-Tower queries are
+  repeated more often than the Single-Tower ones),
 * the FLOPs per query (torch FlopCounterMode) and the latency ratios to PIG, of the whole query and of the
   scoring alone (every method here runs the same CLIP text encoder, so the scoring is where they differ).
 
@@ -44,7 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny model, N in {256, 1024}, 1 repeat")
     parser.add_argument("--shape", default=None, help="text/vision shape: b32 (default) or tiny (--quick)")
     parser.add_argument("--sizes", default=None, help="comma-separated gallery sizes (default 1k,10k,100k,1M)")
-    parser.add_argument("--repeats", type=int, default=None, help="queries timed per method and N (default 5)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="queries timed per Single-Tower method and N (default 5)")
+    parser.add_argument("--two-tower-repeats", type=int, default=None,
+                        help="queries timed per Two-Tower method (PIG, meanP) and N (default 25)")
     parser.add_argument("--max-single-tower-n", type=int, default=None,
                         help="largest N measured for Single-Tower; larger N are extrapolated (default 100000)")
     parser.add_argument("--num-frames", type=int, default=12, help="frame features per video (Single-Tower)")
@@ -59,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.shape = args.shape or ("tiny" if quick else "b32")
     args.sizes = [int(s) for s in (args.sizes or ("256,1024" if quick else "1000,10000,100000,1000000")).split(",")]
     args.repeats = args.repeats or (1 if quick else 5)
+    args.two_tower_repeats = args.two_tower_repeats or (1 if quick else 25)
+    if args.repeats < 1 or args.two_tower_repeats < 1:
+        parser.error("--repeats and --two-tower-repeats must be at least 1")
     args.max_single_tower_n = args.max_single_tower_n or (256 if quick else 100_000)
     if args.max_single_tower_n < min(args.sizes):
         parser.error("--max-single-tower-n must be at least the smallest size: something must be measured")
@@ -181,9 +188,13 @@ def run(args: argparse.Namespace) -> dict:
             methods = [m for m in METHODS if m in ("PIG", "meanP") or num_videos in measured_single_n]
             galleries = {m: build_gallery(m, num_videos, dim, args.num_frames, scorer, generator) for m in methods}
             times = {m: {"text": [], "search": []} for m in methods}
-            for _ in range(args.repeats + 1):  # the first round is a warm-up and is discarded
+            repeats = {m: args.two_tower_repeats if m in ("PIG", "meanP") else args.repeats for m in methods}
+            for round_index in range(max(repeats.values()) + 1):  # round 0 is a warm-up and is discarded
                 texts = random_text_inputs(clip_config, num_texts=1, generator=generator)
-                for method in methods:
+                shift = round_index % len(methods)
+                for method in methods[shift:] + methods[:shift]:  # who goes first rotates
+                    if round_index > repeats[method]:
+                        continue
                     text_seconds, text_embed = timed(lambda: encode(method, texts))
                     search_seconds, (_, indices) = timed(lambda: search(method, text_embed, galleries[method]))
                     if indices.shape != (min(args.top_k, num_videos),):
@@ -221,7 +232,8 @@ def run(args: argparse.Namespace) -> dict:
         row["gallery_bytes"] = stored_bytes[row["method"]] * row["n"]
         row["gflops_per_query"] = (flops[row["method"]]["text"]
                                    + flops[row["method"]]["search_per_video"] * row["n"]) / 1e9
-    return dict(machine=machine, load_at_end=load_average(), shape=args.shape, repeats=args.repeats, top_k=args.top_k,
+    return dict(machine=machine, load_at_end=load_average(), shape=args.shape, repeats=args.repeats,
+                two_tower_repeats=args.two_tower_repeats, top_k=args.top_k,
                 num_frames=args.num_frames, dim=dim, rows=rows, command=" ".join(sys.argv))
 
 
@@ -241,7 +253,8 @@ def render(results: dict) -> str:
     lines = [f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
              f"Shape: {results['shape']} text encoder ({results['dim']}-d embeddings), "
              f"{results['num_frames']} frame features per video for Single-Tower; median of "
-             f"{results['repeats']} queries per cell (after one warm-up query).", "",
+             f"{results['two_tower_repeats']} (PIG, meanP) or {results['repeats']} (Single-Tower) queries per cell "
+             "(after one warm-up query).", "",
              markdown_table(headers, table_rows)]
     if any(row["extrapolated"] for row in results["rows"]):
         lines += ["", "(extrap.): not measured; scoring time extrapolated linearly in N from the largest "

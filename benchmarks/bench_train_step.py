@@ -6,12 +6,14 @@ resident memory (VmHWM = ``ru_maxrss``) belongs to that configuration alone. The
 PIG then CLIP-ViP, ...), so that background load hits both alike. A worker builds a randomly
 initialised model and AdamW, then runs ``--steps`` + 1 full steps (forward with ``return_loss=True``,
 backward, optimiser step) on random inputs; the first step allocates the optimiser state, is counted with
-FlopCounterMode (forward + backward FLOPs) and is not timed. Reported: median step time over all rounds,
+FlopCounterMode (forward + backward FLOPs) and is not timed. Reported: median step time over all rounds (wall
+time, and CPU time of the worker = core-seconds, which leaves out waiting for a core on a shared machine),
 FLOPs per step, peak RSS (the largest over rounds), and that peak minus the RSS after the model was built
 (gradients + optimiser state + activations).
 
     python benchmarks/bench_train_step.py             # tiny and B/32 shapes (docs/performance.md)
     python benchmarks/bench_train_step.py --quick     # tiny shape, 1 timed step (smoke test)
+    python benchmarks/bench_train_step.py --shapes b32 --checkpointing   # B/32 without and with act. ckpt
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from _common import (add_threads_argument, build_model, clip_config_dict, count_flops, format_bytes,
+from _common import (SHAPES, add_threads_argument, build_model, clip_config_dict, count_flops, format_bytes,
                      format_seconds, load_average, machine_description, markdown_table, median,
-                     random_pixel_values, random_text_inputs, resolve_threads, rss_bytes, timed, write_json)
+                     random_pixel_values, random_text_inputs, resolve_threads, rss_bytes, timed_cpu, write_json)
 
 MODELS = ("CLIP-ViP", "PIG")
 RESULT_PREFIX = "RESULT "  # the worker's last stdout line: RESULT {json}
@@ -36,10 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shape only, 1 timed step")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per worker (default 3)")
+    parser.add_argument("--shapes", default="tiny,b32",
+                        help="comma-separated shapes of a full run (tiny, b32, b16; default tiny,b32)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="workers per model and shape, the models taking turns (default 2; 1 with --quick)")
     parser.add_argument("--checkpointing", action="store_true",
-                        help="also run B/32 with activation checkpointing on (when the model supports it)")
+                        help="also run the non-tiny shapes with activation checkpointing on")
     add_threads_argument(parser)
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     # worker mode: one configuration in this process
@@ -62,10 +66,16 @@ def configurations(args: argparse.Namespace) -> list[dict]:
     if args.quick:
         grid = [dict(shape="tiny", batch_size=4, num_frames=4, activation_checkpointing=False)]
     else:
-        grid = [dict(shape="tiny", batch_size=8, num_frames=12, activation_checkpointing=False),
-                dict(shape="b32", batch_size=2, num_frames=12, activation_checkpointing=False)]
-        if args.checkpointing:
-            grid.append(dict(shape="b32", batch_size=2, num_frames=12, activation_checkpointing=True))
+        shapes = args.shapes.split(",")
+        unknown = sorted(set(shapes) - set(SHAPES))
+        if unknown:
+            raise ValueError(f"--shapes: unknown shape(s) {unknown}; expected some of {sorted(SHAPES)}")
+        grid = []
+        for shape in shapes:
+            batch_size = 8 if shape == "tiny" else 2
+            grid.append(dict(shape=shape, batch_size=batch_size, num_frames=12, activation_checkpointing=False))
+            if args.checkpointing and shape != "tiny":
+                grid.append(dict(shape=shape, batch_size=batch_size, num_frames=12, activation_checkpointing=True))
     return grid
 
 
@@ -106,11 +116,15 @@ def worker(args: argparse.Namespace) -> dict:
         return float(output.loss.detach())
 
     flops, _ = count_flops(step, depth=1)  # first step: optimiser state is allocated here; not timed
-    times = [timed(step)[0] for _ in range(args.steps)]
+    times, cpu_times = [], []
+    for _ in range(args.steps):
+        seconds, cpu_seconds, _ = timed_cpu(step)
+        times.append(seconds)
+        cpu_times.append(cpu_seconds)
     _, peak = rss_bytes()
     return dict(shape=args.shape, model=args.model, batch_size=args.batch_size, num_frames=args.num_frames,
                 activation_checkpointing=args.activation_checkpointing, steps=args.steps,
-                step_seconds=median(times), all_step_seconds=times, train_gflops_per_step=flops / 1e9,
+                step_seconds=median(times), all_step_seconds=times, all_cpu_step_seconds=cpu_times, train_gflops_per_step=flops / 1e9,
                 rss_after_build=rss_after_build, peak_rss=peak, threads=torch.get_num_threads())
 
 
@@ -135,10 +149,23 @@ def run_worker_subprocess(config: dict, model: str, steps: int, threads: int) ->
 def merge_rounds(results: list[dict]) -> dict:
     """One row from the workers of one (configuration, model): median step over all timed steps, largest peak."""
     steps = [seconds for result in results for seconds in result["all_step_seconds"]]
+    cpu_steps = [seconds for result in results for seconds in result["all_cpu_step_seconds"]]
     peak = max(results, key=lambda result: result["peak_rss"])
     return dict(results[0], rounds=len(results), all_step_seconds=steps, step_seconds=median(steps),
+                all_cpu_step_seconds=cpu_steps, cpu_step_seconds=median(cpu_steps),
                 peak_rss=peak["peak_rss"], rss_after_build=peak["rss_after_build"],
                 all_peak_rss=[result["peak_rss"] for result in results])
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Add every ratio to the CLIP-ViP row of the same configuration, in place."""
+    for row in rows:
+        base = next(r for r in rows if r["model"] == "CLIP-ViP" and r["shape"] == row["shape"]
+                    and r["activation_checkpointing"] == row["activation_checkpointing"])
+        row["time_ratio_to_vip"] = row["step_seconds"] / base["step_seconds"]
+        row["cpu_time_ratio_to_vip"] = row["cpu_step_seconds"] / base["cpu_step_seconds"]
+        row["flops_ratio_to_vip"] = row["train_gflops_per_step"] / base["train_gflops_per_step"]
+        row["peak_ratio_to_vip"] = row["peak_rss"] / base["peak_rss"]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -159,12 +186,7 @@ def run(args: argparse.Namespace) -> dict:
                 progress.update()
         rows += [merge_rounds(per_model[model]) for model in MODELS]
     progress.close()
-    for row in rows:
-        base = next(r for r in rows if r["model"] == "CLIP-ViP" and r["shape"] == row["shape"]
-                    and r["activation_checkpointing"] == row["activation_checkpointing"])
-        row["time_ratio_to_vip"] = row["step_seconds"] / base["step_seconds"]
-        row["flops_ratio_to_vip"] = row["train_gflops_per_step"] / base["train_gflops_per_step"]
-        row["peak_ratio_to_vip"] = row["peak_rss"] / base["peak_rss"]
+    add_ratios(rows)
     return dict(machine=machine, load_at_end=load_average(), steps=args.steps, rounds=args.rounds, rows=rows,
                 command=" ".join(sys.argv))
 
@@ -173,16 +195,20 @@ def render(results: dict) -> str:
     """The markdown report: machine, then one row per configuration."""
     table = [[row["shape"], f"{row['batch_size']} x {row['num_frames']}",
               "on" if row["activation_checkpointing"] else "off", row["model"],
-              f"{row['train_gflops_per_step']:.1f}", format_seconds(row["step_seconds"]),
-              f"{row['time_ratio_to_vip']:.2f}x", format_bytes(row["peak_rss"]),
-              format_bytes(row["peak_rss"] - row["rss_after_build"]), f"{row['peak_ratio_to_vip']:.2f}x"]
+              f"{row['train_gflops_per_step']:.1f}", f"{row['flops_ratio_to_vip']:.3f}x",
+              format_seconds(row["cpu_step_seconds"]), f"{row['cpu_time_ratio_to_vip']:.2f}x",
+              format_seconds(row["step_seconds"]), f"{row['time_ratio_to_vip']:.2f}x",
+              format_bytes(row["peak_rss"]), format_bytes(row["peak_rss"] - row["rss_after_build"]),
+              f"{row['peak_ratio_to_vip']:.2f}x"]
              for row in results["rows"]]
-    headers = ["shape", "videos x frames", "act. ckpt", "model", "GFLOPs / step (fwd+bwd)", "step time",
-               "time / CLIP-ViP", "peak RSS", "peak - RSS after build", "peak / CLIP-ViP"]
+    headers = ["shape", "videos x frames", "act. ckpt", "model", "GFLOPs / step (fwd+bwd)", "FLOPs / CLIP-ViP",
+               "CPU time / step", "CPU / CLIP-ViP", "wall time / step", "wall / CLIP-ViP", "peak RSS",
+               "peak - RSS after build", "peak / CLIP-ViP"]
     return "\n".join([f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
                       f"AdamW, fp32; {results['rounds']} round(s) per shape, one fresh subprocess per model and "
                       f"round, the models taking turns; each subprocess times {results['steps']} steps after "
-                      "one untimed step; step time = median over all timed steps, peak = largest over rounds.",
+                      "one untimed step; times = medians over all timed steps (CPU time = the worker's "
+                      "core-seconds), peak = largest over rounds.",
                       "", markdown_table(headers, table)])
 
 

@@ -6,9 +6,11 @@ video tower; all of it runs once per video when the gallery is built. This scrip
 
 * FLOPs per video of ``get_video_features`` (torch FlopCounterMode; matmuls, convolutions and attention),
   with PIG's FLOPs split by sub-module,
-* seconds per video on this machine (median and minimum of ``--repeats`` timed calls after one warm-up call;
-  the models are interleaved within each repeat so that background load hits all of them alike),
-* the ratios to CLIP-ViP. The requirement checked: PIG costs at most 1.15x CLIP-ViP at B/32 (FLOPs and time).
+* seconds per video on this machine, CPU time of the process (core-seconds: what the work costs, steady under
+  background load) and wall time (median of ``--repeats`` timed calls after one warm-up call; the models are
+  interleaved within each repeat so that background load hits all of them alike),
+* the ratios to CLIP-ViP. The requirement checked: PIG costs at most 1.15x CLIP-ViP at B/32 (FLOPs and CPU
+  time; the wall-time ratio is printed too, but on a shared machine it carries the other jobs' noise).
 
     python benchmarks/bench_video_cost.py                  # B/32 and B/16 (docs/performance.md)
     python benchmarks/bench_video_cost.py --quick          # tiny model, 1 repeat (smoke test)
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from _common import (add_threads_argument, build_model, count_flops, count_parameters, format_seconds,
                      load_average, machine_description, markdown_table, median, random_pixel_values,
-                     resolve_threads, timed, write_json)
+                     resolve_threads, timed_cpu, write_json)
 
 REQUIRED_MAX_RATIO = 1.15  # PIG / CLIP-ViP at B/32, FLOPs and time
 MODELS = ("CLIP-ViP", "PIG", "meanP")
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
         models = {name: build_model(shape, name, num_frames=args.num_frames, seed=args.seed) for name in MODELS}
         clip_config = models["PIG"].config.clip_config.to_dict()
         pixel_values = random_pixel_values(clip_config, args.batch_size, args.num_frames, generator=generator)
-        flops, times = {}, {name: [] for name in MODELS}
+        flops, times, cpu_times = {}, {name: [] for name in MODELS}, {name: [] for name in MODELS}
         with torch.inference_mode():
             for name, model in models.items():  # the FLOP-counting call doubles as the warm-up call
                 flops[name], per_module = count_flops(lambda: model.get_video_features(pixel_values=pixel_values),
@@ -97,8 +99,9 @@ def run(args: argparse.Namespace) -> dict:
                     breakdowns[shape] = flops_by_part(model, flops[name], per_module)
             for _ in tqdm(range(args.repeats), desc=f"video cost {shape}", file=sys.stderr):
                 for name, model in models.items():
-                    seconds, _ = timed(lambda: model.get_video_features(pixel_values=pixel_values))
+                    seconds, cpu_seconds, _ = timed_cpu(lambda: model.get_video_features(pixel_values=pixel_values))
                     times[name].append(seconds)
+                    cpu_times[name].append(cpu_seconds)
             if args.profile:
                 for name in ("PIG", "CLIP-ViP"):
                     profiles.append(profile_call(lambda: models[name].get_video_features(pixel_values=pixel_values),
@@ -107,14 +110,15 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(dict(shape=shape, model=name, params=count_parameters(models[name]),
                              gflops_per_video=flops[name] / args.batch_size / 1e9,
                              seconds_per_video=median(times[name]) / args.batch_size,
-                             min_seconds_per_video=min(times[name]) / args.batch_size,
-                             all_seconds=[t / args.batch_size for t in times[name]]))
+                             cpu_seconds_per_video=median(cpu_times[name]) / args.batch_size,
+                             all_seconds=[t / args.batch_size for t in times[name]],
+                             all_cpu_seconds=[t / args.batch_size for t in cpu_times[name]]))
         del models
     for row in rows:
         base = next(r for r in rows if r["shape"] == row["shape"] and r["model"] == "CLIP-ViP")
         row["flops_ratio_to_vip"] = row["gflops_per_video"] / base["gflops_per_video"]
         row["time_ratio_to_vip"] = row["seconds_per_video"] / base["seconds_per_video"]
-        row["min_time_ratio_to_vip"] = row["min_seconds_per_video"] / base["min_seconds_per_video"]
+        row["cpu_time_ratio_to_vip"] = row["cpu_seconds_per_video"] / base["cpu_seconds_per_video"]
     return dict(machine=machine, load_at_end=load_average(), batch_size=args.batch_size, num_frames=args.num_frames,
                 repeats=args.repeats, rows=rows, pig_flops_breakdown=breakdowns, profiles=profiles,
                 command=" ".join(sys.argv))
@@ -125,25 +129,24 @@ def verdict(results: dict, shape: str = "b32") -> str | None:
     pig = next((r for r in results["rows"] if r["shape"] == shape and r["model"] == "PIG"), None)
     if pig is None:
         return None
-    holds = pig["flops_ratio_to_vip"] <= REQUIRED_MAX_RATIO and pig["time_ratio_to_vip"] <= REQUIRED_MAX_RATIO
+    holds = pig["flops_ratio_to_vip"] <= REQUIRED_MAX_RATIO and pig["cpu_time_ratio_to_vip"] <= REQUIRED_MAX_RATIO
     return (f"Requirement PIG <= {REQUIRED_MAX_RATIO}x CLIP-ViP at {shape}: FLOPs {pig['flops_ratio_to_vip']:.3f}x, "
-            f"median time {pig['time_ratio_to_vip']:.3f}x (minimum {pig['min_time_ratio_to_vip']:.3f}x) -> "
+            f"CPU time {pig['cpu_time_ratio_to_vip']:.3f}x (wall time {pig['time_ratio_to_vip']:.3f}x) -> "
             f"{'HOLDS' if holds else 'DOES NOT HOLD'}")
 
 
 def render(results: dict) -> str:
     """The markdown report: machine, the cost table, PIG's FLOP breakdown, the verdict."""
     table = [[row["shape"], row["model"], f"{row['params'] / 1e6:.1f} M", f"{row['gflops_per_video']:.2f}",
-              f"{row['flops_ratio_to_vip']:.3f}x", format_seconds(row["seconds_per_video"]),
-              f"{row['time_ratio_to_vip']:.3f}x", format_seconds(row["min_seconds_per_video"]),
-              f"{row['min_time_ratio_to_vip']:.3f}x"] for row in results["rows"]]
+              f"{row['flops_ratio_to_vip']:.3f}x", format_seconds(row["cpu_seconds_per_video"]),
+              f"{row['cpu_time_ratio_to_vip']:.3f}x", format_seconds(row["seconds_per_video"]),
+              f"{row['time_ratio_to_vip']:.3f}x"] for row in results["rows"]]
     lines = [f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
              f"{results['num_frames']} frames per video, batch {results['batch_size']}, median of "
-             f"{results['repeats']} timed calls after one warm-up call (and their minimum: on a shared machine the "
-             "least disturbed call).", "",
+             f"{results['repeats']} timed calls after one warm-up call; CPU time = this process's core-seconds.", "",
              markdown_table(["shape", "video tower", "params", "GFLOPs / video", "FLOPs / CLIP-ViP",
-                             "time / video (median)", "median / CLIP-ViP", "time / video (min)",
-                             "min / CLIP-ViP"], table)]
+                             "CPU time / video", "CPU / CLIP-ViP", "wall time / video", "wall / CLIP-ViP"],
+                            table)]
     for shape, parts in results["pig_flops_breakdown"].items():
         total = sum(parts.values())
         lines += ["", f"PIG video-side FLOPs by module ({shape}, per video):", "",
