@@ -31,9 +31,9 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from _common import (add_threads_argument, build_model, count_flops, format_bytes, format_seconds,
-                     load_average, machine_description, markdown_table, median, random_pixel_values, random_text_inputs,
-                     resolve_threads, timed, write_json)
+from _common import (add_allocator_argument, add_threads_argument, build_model, configure_allocator, count_flops,
+                     format_bytes, format_seconds, load_average, machine_description, markdown_table, median,
+                     random_pixel_values, random_text_inputs, resolve_threads, timed, write_json)
 from single_tower import XPoolScorer
 
 FP16_BYTES = 2
@@ -57,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--single-tower-chunk", type=int, default=512, help="Single-Tower scoring chunk (videos)")
     parser.add_argument("--seed", type=int, default=0)
     add_threads_argument(parser)
+    add_allocator_argument(parser)
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -156,6 +157,7 @@ def stored_vector_width(model, clip_config: dict, num_frames: int) -> int:
 def run(args: argparse.Namespace) -> dict:
     """Measure every method at every N; return the raw results (rows + metadata)."""
     resolve_threads(args.threads, args.quick)
+    allocator = configure_allocator(args.default_malloc)
     machine = machine_description()  # before the work: the load average says how busy the machine was
     generator = torch.Generator().manual_seed(args.seed)
     models = {"PIG": build_model(args.shape, "PIG", num_frames=args.num_frames, seed=args.seed),
@@ -232,8 +234,8 @@ def run(args: argparse.Namespace) -> dict:
         row["gallery_bytes"] = stored_bytes[row["method"]] * row["n"]
         row["gflops_per_query"] = (flops[row["method"]]["text"]
                                    + flops[row["method"]]["search_per_video"] * row["n"]) / 1e9
-    return dict(machine=machine, load_at_end=load_average(), shape=args.shape, repeats=args.repeats,
-                two_tower_repeats=args.two_tower_repeats, top_k=args.top_k,
+    return dict(machine=machine, allocator=allocator, load_at_end=load_average(), shape=args.shape,
+                repeats=args.repeats, two_tower_repeats=args.two_tower_repeats, top_k=args.top_k,
                 num_frames=args.num_frames, dim=dim, rows=rows, command=" ".join(sys.argv))
 
 
@@ -250,7 +252,7 @@ def render(results: dict) -> str:
     headers = ["N videos", "method", "stored / video", "gallery", "GFLOPs / query", "text encoder",
                f"scoring + top-{results['top_k']}", "per-query total", "total / PIG",
                "scoring / PIG"]
-    lines = [f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
+    lines = [f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}; {results['allocator']}",
              f"Shape: {results['shape']} text encoder ({results['dim']}-d embeddings), "
              f"{results['num_frames']} frame features per video for Single-Tower; median of "
              f"{results['two_tower_repeats']} (PIG, meanP) or {results['repeats']} (Single-Tower) queries per cell "

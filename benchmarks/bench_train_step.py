@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from _common import (SHAPES, add_threads_argument, build_model, clip_config_dict, count_flops, format_bytes,
-                     format_seconds, load_average, machine_description, markdown_table, median,
-                     random_pixel_values, random_text_inputs, resolve_threads, rss_bytes, timed_cpu, write_json)
+from _common import (SHAPES, add_allocator_argument, add_threads_argument, build_model, clip_config_dict,
+                     configure_allocator, count_flops, format_bytes, format_seconds, load_average,
+                     machine_description, markdown_table, median, random_pixel_values, random_text_inputs,
+                     resolve_threads, rss_bytes, timed_cpu, write_json)
 
 MODELS = ("CLIP-ViP", "PIG")
 RESULT_PREFIX = "RESULT "  # the worker's last stdout line: RESULT {json}
@@ -45,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpointing", action="store_true",
                         help="also run the non-tiny shapes with activation checkpointing on")
     add_threads_argument(parser)
+    add_allocator_argument(parser)
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     # worker mode: one configuration in this process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -95,6 +97,7 @@ def enable_activation_checkpointing(model) -> None:
 def worker(args: argparse.Namespace) -> dict:
     """Run one configuration; return its measurements."""
     resolve_threads(args.threads, quick=False)
+    allocator = configure_allocator(args.default_malloc)
     torch.manual_seed(0)
     model = build_model(args.shape, args.model, num_frames=args.num_frames).train()
     if args.activation_checkpointing:
@@ -124,17 +127,20 @@ def worker(args: argparse.Namespace) -> dict:
     _, peak = rss_bytes()
     return dict(shape=args.shape, model=args.model, batch_size=args.batch_size, num_frames=args.num_frames,
                 activation_checkpointing=args.activation_checkpointing, steps=args.steps,
-                step_seconds=median(times), all_step_seconds=times, all_cpu_step_seconds=cpu_times, train_gflops_per_step=flops / 1e9,
-                rss_after_build=rss_after_build, peak_rss=peak, threads=torch.get_num_threads())
+                step_seconds=median(times), all_step_seconds=times, all_cpu_step_seconds=cpu_times,
+                train_gflops_per_step=flops / 1e9,
+                rss_after_build=rss_after_build, peak_rss=peak, threads=torch.get_num_threads(), allocator=allocator)
 
 
-def run_worker_subprocess(config: dict, model: str, steps: int, threads: int) -> dict:
+def run_worker_subprocess(config: dict, model: str, steps: int, threads: int, default_malloc: bool) -> dict:
     """Run one configuration of ``model`` in a fresh interpreter and parse its RESULT line."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--steps", str(steps),
                "--threads", str(threads), "--shape", config["shape"], "--model", model,
                "--batch-size", str(config["batch_size"]), "--num-frames", str(config["num_frames"])]
     if config["activation_checkpointing"]:
         command.append("--activation-checkpointing")
+    if default_malloc:
+        command.append("--default-malloc")
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         raise RuntimeError(f"worker {model} {config} failed with exit code {completed.returncode}:\n"
@@ -182,7 +188,7 @@ def run(args: argparse.Namespace) -> dict:
         for round_index in range(args.rounds):
             order = MODELS if round_index % 2 == 0 else MODELS[::-1]  # alternate who goes first
             for model in order:
-                per_model[model].append(run_worker_subprocess(config, model, args.steps, threads))
+                per_model[model].append(run_worker_subprocess(config, model, args.steps, threads, args.default_malloc))
                 progress.update()
         rows += [merge_rounds(per_model[model]) for model in MODELS]
     progress.close()
@@ -204,7 +210,8 @@ def render(results: dict) -> str:
     headers = ["shape", "videos x frames", "act. ckpt", "model", "GFLOPs / step (fwd+bwd)", "FLOPs / CLIP-ViP",
                "CPU time / step", "CPU / CLIP-ViP", "wall time / step", "wall / CLIP-ViP", "peak RSS",
                "peak - RSS after build", "peak / CLIP-ViP"]
-    return "\n".join([f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
+    return "\n".join([f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}; "
+                      f"{results['rows'][0]['allocator']} (in the workers)",
                       f"AdamW, fp32; {results['rounds']} round(s) per shape, one fresh subprocess per model and "
                       f"round, the models taking turns; each subprocess times {results['steps']} steps after "
                       "one untimed step; times = medians over all timed steps (CPU time = the worker's "

@@ -25,9 +25,9 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from _common import (add_threads_argument, build_model, count_flops, count_parameters, format_seconds,
-                     load_average, machine_description, markdown_table, median, random_pixel_values,
-                     resolve_threads, timed_cpu, write_json)
+from _common import (add_allocator_argument, add_threads_argument, build_model, configure_allocator, count_flops,
+                     count_parameters, format_seconds, load_average, machine_description, markdown_table, median,
+                     random_pixel_values, resolve_threads, timed_cpu, write_json)
 
 REQUIRED_MAX_RATIO = 1.15  # PIG / CLIP-ViP at B/32, FLOPs and time
 MODELS = ("CLIP-ViP", "PIG", "meanP")
@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also print torch.profiler's top operators of one PIG and one CLIP-ViP call per shape")
     parser.add_argument("--seed", type=int, default=0)
     add_threads_argument(parser)
+    add_allocator_argument(parser)
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     args = parser.parse_args(argv)
     args.shapes = (args.shapes or ("tiny" if args.quick else "b32,b16")).split(",")
@@ -83,6 +84,7 @@ def profile_call(fn, label: str, rows: int = 12) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Measure every model at every shape; return the raw results (rows + metadata)."""
     resolve_threads(args.threads, args.quick)
+    allocator = configure_allocator(args.default_malloc)
     machine = machine_description()  # before the work: the load average says how busy the machine was
     generator = torch.Generator().manual_seed(args.seed)
     rows, breakdowns, profiles = [], {}, []
@@ -119,8 +121,8 @@ def run(args: argparse.Namespace) -> dict:
         row["flops_ratio_to_vip"] = row["gflops_per_video"] / base["gflops_per_video"]
         row["time_ratio_to_vip"] = row["seconds_per_video"] / base["seconds_per_video"]
         row["cpu_time_ratio_to_vip"] = row["cpu_seconds_per_video"] / base["cpu_seconds_per_video"]
-    return dict(machine=machine, load_at_end=load_average(), batch_size=args.batch_size, num_frames=args.num_frames,
-                repeats=args.repeats, rows=rows, pig_flops_breakdown=breakdowns, profiles=profiles,
+    return dict(machine=machine, allocator=allocator, load_at_end=load_average(), batch_size=args.batch_size,
+                num_frames=args.num_frames, repeats=args.repeats, rows=rows, pig_flops_breakdown=breakdowns, profiles=profiles,
                 command=" ".join(sys.argv))
 
 
@@ -141,7 +143,7 @@ def render(results: dict) -> str:
               f"{row['flops_ratio_to_vip']:.3f}x", format_seconds(row["cpu_seconds_per_video"]),
               f"{row['cpu_time_ratio_to_vip']:.3f}x", format_seconds(row["seconds_per_video"]),
               f"{row['time_ratio_to_vip']:.3f}x"] for row in results["rows"]]
-    lines = [f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
+    lines = [f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}; {results['allocator']}",
              f"{results['num_frames']} frames per video, batch {results['batch_size']}, median of "
              f"{results['repeats']} timed calls after one warm-up call; CPU time = this process's core-seconds.", "",
              markdown_table(["shape", "video tower", "params", "GFLOPs / video", "FLOPs / CLIP-ViP",

@@ -77,7 +77,12 @@ def test_query_cost_pig_stores_what_meanp_stores_and_single_tower_grows_with_n(t
     assert set(printed) == {(f"{n:,}", m) for n in (256, 1024) for m in methods}
     assert printed["1,024", "PIG"][2] == "48 B" and printed["1,024", "PIG"][8] == "1.00x"
     assert printed["1,024", "Single-Tower"][7].endswith("(extrap.)")
-    assert "Machine:" in stdout and "1 threads" in stdout
+    assert "Machine:" in stdout and "1 threads" in stdout and "malloc: glibc, mmap threshold 256 MiB" in stdout
+
+
+def test_allocator_is_left_alone_with_default_malloc():
+    common = load_script("_common")
+    assert common.configure_allocator(default_malloc=True) == "malloc: glibc defaults (dynamic thresholds)"
 
 
 def test_query_cost_search_functions_return_the_exact_top_k(capsys):
