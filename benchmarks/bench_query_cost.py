@@ -18,7 +18,7 @@ Galleries are random (fp16 storage, fp32 compute in chunks). Single-Tower rows w
 ``--max-single-tower-n`` are extrapolated linearly from the largest measured N (the scorer is chunked,
 so its cost is linear in N) and are marked as such.
 
-    python benchmarks/bench_query_cost.py                 # the full table of docs/performance.md
+    python benchmarks/bench_query_cost.py --threads 1     # the table of docs/performance.md (4-6 min, 2 cores)
     python benchmarks/bench_query_cost.py --quick         # tiny model, small N, 1 repeat (smoke test)
 """
 

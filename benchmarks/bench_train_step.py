@@ -11,9 +11,10 @@ time, and CPU time of the worker = core-seconds, which leaves out waiting for a 
 FLOPs per step, peak RSS (the largest over rounds), and that peak minus the RSS after the model was built
 (gradients + optimiser state + activations).
 
-    python benchmarks/bench_train_step.py             # tiny and B/32 shapes (docs/performance.md)
+    python benchmarks/bench_train_step.py --threads 1 --checkpointing   # docs/performance.md (~10 min)
+    python benchmarks/bench_train_step.py             # tiny and B/32 shapes, act. ckpt off
     python benchmarks/bench_train_step.py --quick     # tiny shape, 1 timed step (smoke test)
-    python benchmarks/bench_train_step.py --shapes b32 --checkpointing   # B/32 without and with act. ckpt
+    python benchmarks/bench_train_step.py --shapes b32 --checkpointing  # B/32 only, without and with act. ckpt
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ video tower; all of it runs once per video when the gallery is built. This scrip
 * the ratios to CLIP-ViP. The requirement checked: PIG costs at most 1.15x CLIP-ViP at B/32 (FLOPs and CPU
   time; the wall-time ratio is printed too, but on a shared machine it carries the other jobs' noise).
 
-    python benchmarks/bench_video_cost.py                  # B/32 and B/16 (docs/performance.md)
+    python benchmarks/bench_video_cost.py --threads 1      # B/32 and B/16 (docs/performance.md; ~4 min)
     python benchmarks/bench_video_cost.py --quick          # tiny model, 1 repeat (smoke test)
     python benchmarks/bench_video_cost.py --shapes b32 --profile   # + torch.profiler top operators
 """
