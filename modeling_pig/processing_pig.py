@@ -17,6 +17,7 @@ Two resize modes:
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -203,13 +204,14 @@ class PIGProcessor(ProcessorMixin):
         """One image (path or ``PIL.Image``) as a 1-frame video: ``float32 [1, 3, S, S]``."""
         if isinstance(image, (str, os.PathLike)):
             try:
-                with Image.open(image) as opened:
-                    image = opened.convert("RGB")
+                image = open_rgb_image(image)
             except (OSError, ValueError) as err:
                 raise ValueError(f"{os.fspath(image)}: not a readable image ({type(err).__name__}: {err})") from err
-        elif not isinstance(image, Image.Image):
+        elif isinstance(image, Image.Image):
+            image = image.convert("RGB")
+        else:
             raise ValueError(f"an image must be a path or a PIL.Image, got {type(image).__name__}")
-        return self.preprocess_frames(np.asarray(image.convert("RGB"))[None])
+        return self.preprocess_frames(np.asarray(image)[None])
 
     def preprocess_frames(self, frames) -> torch.Tensor:
         """Decoded RGB frames ``uint8 [T, H, W, 3]`` (numpy or torch) -> ``float32 [T, 3, S, S]``, CLIP-normalised."""
@@ -237,6 +239,23 @@ class PIGProcessor(ProcessorMixin):
         resized = np.asarray(Image.fromarray(frame).resize((new_width, new_height), Image.BICUBIC))
         top, left = (new_height - size) // 2, (new_width - size) // 2
         return resized[top : top + size, left : left + size]
+
+
+def open_rgb_image(source) -> Image.Image:
+    """An RGB ``PIL.Image`` from a path, a ``PIL.Image``, or a ``datasets`` ``Image(decode=False)`` record
+    ``{"bytes": ..., "path": ...}``. An unreadable file raises PIL's ``OSError`` (``UnidentifiedImageError``)."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, dict):
+        if source.get("bytes"):
+            source = io.BytesIO(source["bytes"])
+        elif source.get("path"):
+            source = source["path"]
+        else:
+            raise ValueError(f"image record {source!r} has neither bytes nor path")
+    with Image.open(source) as image:
+        image.load()
+        return image.convert("RGB")
 
 
 def _check_positive_int(name: str, value) -> None:

@@ -119,6 +119,22 @@ def test_missing_and_undecodable_videos_become_failure_records_that_the_collator
     assert empty["num_failed"] == 3 and "pixel_values" not in empty
 
 
+def test_image_records_decode_from_bytes_and_a_corrupt_image_is_a_failure_record():
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (5, 4), (200, 10, 30)).save(buffer, format="PNG")
+    rows = datasets.Dataset.from_dict({"image": [{"bytes": buffer.getvalue(), "path": None},
+                                                 {"bytes": b"not an image", "path": "bad.png"}],
+                                       "text": ["a red picture", "noise"]})
+    rows = rows.cast_column("image", datasets.Image())
+    data = ImageCaptionDataset(rows, image_column="image", caption_column="text", seed=0)
+    good, bad = data[(0, 0)], data[(0, 1)]
+    assert good["ok"] and good["frames"].shape == (1, 4, 5, 3) and good["caption"] == "a red picture"
+    assert good["frames"][0, 0, 0].tolist() == [200, 10, 30]
+    assert not bad["ok"] and "UnidentifiedImageError" in bad["error"]
+
+
 def test_epoch_sampler_visits_every_item_once_per_epoch_in_a_seeded_order():
     sampler = EpochSampler(10, seed=3)
     first = list(sampler)

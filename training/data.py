@@ -11,7 +11,6 @@ drops it and reports how many it dropped and which files; `train.py` counts them
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -20,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+from modeling_pig.processing_pig import open_rgb_image
 from modeling_pig.video_io import VideoDecodeError, read_video_frames
 
 logger = logging.getLogger(__name__)
@@ -80,22 +80,6 @@ def _pick_caption(captions: Sequence[str] | str, generator: torch.Generator, whe
     return captions[int(torch.randint(len(captions), (1,), generator=generator))]
 
 
-def load_image(source: Any) -> Image.Image:
-    """An RGB PIL image from a path, a PIL image, or a `datasets` Image(decode=False) dict {bytes, path}."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, dict):
-        if source.get("bytes"):
-            source = io.BytesIO(source["bytes"])
-        elif source.get("path"):
-            source = source["path"]
-        else:
-            raise ValueError(f"image record {source!r} has neither bytes nor path")
-    with Image.open(source) as image:
-        image.load()
-        return image.convert("RGB")
-
-
 class VideoCaptionDataset(Dataset):
     """Rows of a `load_benchmark` dataset as training items (index with `(epoch, index)` pairs).
 
@@ -129,7 +113,7 @@ class VideoCaptionDataset(Dataset):
             if path is None:
                 raise VideoDecodeError(f"row {index} ({row['video_id']}) has no video file")
             if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
-                frames = np.asarray(load_image(path))[None]  # [1, H, W, 3]
+                frames = np.asarray(open_rgb_image(path))[None]  # [1, H, W, 3]
             else:
                 start = row["start"] if self._has_times else None
                 end = row["end"] if self._has_times else None
@@ -173,7 +157,7 @@ class ImageCaptionDataset(Dataset):
         source = row[self.image_column]
         item_id = f"row {index}"
         try:
-            frames = np.asarray(load_image(source))[None]  # [1, H, W, 3]
+            frames = np.asarray(open_rgb_image(source))[None]  # [1, H, W, 3]
         except (OSError, UnidentifiedImageError, ValueError) as error:
             where = source.get("path") if isinstance(source, dict) else source
             return _failure(item_id, where, error)
