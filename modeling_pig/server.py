@@ -23,11 +23,9 @@ forward pass at a time uses all intra-op threads); the vector search itself runs
 import collections
 import contextlib
 import html
-import json
 import logging
 import mimetypes
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -38,6 +36,8 @@ from urllib.parse import quote, urlencode
 
 import torch
 import torch.nn.functional as F
+
+from .retrieval import VIDEO_EXTENSIONS
 
 logger = logging.getLogger("modeling_pig.server")
 
@@ -51,8 +51,9 @@ DEFAULT_K = 12
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20
 DEFAULT_TEXT_CACHE = 1024
 WEB_DIR = Path(__file__).resolve().parent / "web"
-# the upload's file name suffix is kept (it helps PyAV and PIL guess the format) only when it looks like one
-_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+# An upload's file name suffix is kept (it helps PyAV guess the container) only when it names a video or an
+# image format; others are dropped so that the content decides (with `.txt`, FFmpeg renders text as video).
+_KEPT_SUFFIXES = frozenset(VIDEO_EXTENSIONS) | {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class QueryError(ValueError):
@@ -252,7 +253,7 @@ def render_results(results: Sequence[dict]) -> str:
 
 
 def render_page(service: SearchService, query: str = "", k: int = DEFAULT_K, response: dict | None = None,
-                error: str | None = None) -> str:
+                error: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> str:
     if response is not None:
         status = (f'{len(response["results"])} results for <q>{html.escape(query)}</q> '
                   f'in {response["took_ms"]:.1f} ms')
@@ -267,6 +268,7 @@ def render_page(service: SearchService, query: str = "", k: int = DEFAULT_K, res
         "{{status}}": status,
         "{{results}}": render_results(response["results"]) if response is not None else "",
         "{{videos}}": str(len(service.index)),
+        "{{max_upload_bytes}}": str(max_upload_bytes),
     }
     page = _read_web("index.html")
     for placeholder, value in replacements.items():
@@ -300,7 +302,7 @@ def create_app(service: SearchService, max_upload_bytes: int = DEFAULT_MAX_UPLOA
             shutil.rmtree(upload_folder, ignore_errors=True)
 
     app = FastAPI(title="PIG video search", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
-                  max_body_size=max_upload_bytes)  # 413 before anything parses a larger body
+                  max_body_size=max_upload_bytes)  # 413 (plain text, from Starlette) before any parsing
     app.state.service = service
     app.state.upload_dir = upload_folder
     static = {"app.js": ("application/javascript", _read_web("app.js")),
@@ -336,7 +338,7 @@ def create_app(service: SearchService, max_upload_bytes: int = DEFAULT_MAX_UPLOA
     def search_upload(file: UploadFile = File(...), k: str | None = Form(None)):
         k = _parse_k(k)
         name = os.path.basename(file.filename or "upload") or "upload"
-        suffix = Path(name).suffix if _SAFE_SUFFIX.match(Path(name).suffix or "") else ""
+        suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in _KEPT_SUFFIXES else ""
         handle, path = tempfile.mkstemp(suffix=suffix, dir=upload_folder)
         try:
             with os.fdopen(handle, "wb") as out:
@@ -354,8 +356,9 @@ def create_app(service: SearchService, max_upload_bytes: int = DEFAULT_MAX_UPLOA
             k_value = _parse_k(k)
             response = service.search_text(q, k_value) if q.strip() else None
         except QueryError as err:
-            return HTMLResponse(render_page(service, q, DEFAULT_K, error=str(err)), status_code=err.status)
-        return HTMLResponse(render_page(service, q, k_value, response))
+            return HTMLResponse(render_page(service, q, DEFAULT_K, error=str(err), max_upload_bytes=max_upload_bytes),
+                                status_code=err.status)
+        return HTMLResponse(render_page(service, q, k_value, response, max_upload_bytes=max_upload_bytes))
 
     @app.get("/static/{name}")
     def static_file(name: str):
@@ -392,6 +395,7 @@ def serve(service: SearchService, host: str = DEFAULT_HOST, port: int = DEFAULT_
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # from now on a client waits in the backlog instead of being refused
     port = sock.getsockname()[1]
     print(f"serving {len(service.index)} videos on {page_url(host, port)}", flush=True)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)

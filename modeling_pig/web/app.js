@@ -48,7 +48,9 @@ async function answer(request, label) {
   statusLine.textContent = "searching...";
   try {
     const reply = await request;
-    const body = await reply.json();
+    const text = await reply.text();
+    let body;
+    try { body = JSON.parse(text); } catch { body = { error: `${reply.status} ${text || reply.statusText}` }; }
     if (!reply.ok) throw new Error(body.error || reply.statusText);
     show(body, label);
   } catch (err) {
@@ -80,6 +82,15 @@ form.addEventListener("submit", (event) => {
 fileInput.addEventListener("change", () => {
   const file = fileInput.files[0];
   if (!file) return;
+  const limit = Number(fileInput.dataset.maxBytes);
+  if (limit && file.size > limit) {
+    statusLine.textContent = "";
+    const span = document.createElement("span");
+    span.className = "error";
+    span.textContent = `${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MB; this server accepts at most ${(limit / 2 ** 20).toFixed(1)} MB`;
+    statusLine.append(span);
+    return;
+  }
   const body = new FormData();
   body.append("file", file);
   body.append("k", kBox.value);
