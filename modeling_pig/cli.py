@@ -1,12 +1,16 @@
-"""`pig`: index a folder of videos and search it by text.
+"""`pig`: index a folder of videos, search it by text or by example, serve it over HTTP.
 
     pig index VIDEO_DIR --model MODEL --out INDEX [--recursive] [--batch_size 16] [--num_workers 2]
-    pig search INDEX "a man plays a guitar" [-k 5]
+    pig search INDEX "a man plays a guitar" ["a dog runs" ...] [-k 5] [--json]
+    pig search INDEX --image photo.jpg --video clip.mp4 --queries_file queries.txt   (- : standard input)
+    pig serve INDEX [--model M] [--host 127.0.0.1] [--port 7860]
     pig info INDEX
 
 `index` embeds every video once (resumable: rerun the same command after an interruption), skips and
 lists unreadable files, and writes the index folder (see `modeling_pig.index.VideoIndex`). The index
-records the model path, so `search` embeds the query with the same model's text tower.
+records the model path, so `search` embeds the query with the same model's text tower; after the first search
+(or `index`) the folder also holds that text tower on its own (`query_encoder`), so that a text search loads
+neither transformers nor the model. `serve` is `modeling_pig.server`.
 
 `main(argv)` runs one command in the calling process and returns its exit status: 0, or 2 with one line on
 stderr naming what was wrong for a user mistake (missing folder, not an index, unknown model).
@@ -15,8 +19,10 @@ stderr naming what was wrong for a user mistake (missing folder, not an index, u
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +31,8 @@ import torch
 from .index import DEFAULT_FAISS_THRESHOLD, VideoIndex
 from .search_backends import backend_names
 from .loader import load_model_and_processor
+from .query_encoder import save_text_encoder
+from .search_service import QueryError, SearchSetupError, load_search_service
 from .video_io import find_videos
 
 logger = logging.getLogger("modeling_pig.cli")
@@ -54,14 +62,29 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="FAISS only: raise the search effort until recall@10 vs exact search reaches this")
     index.add_argument("--device", default=_default_device())
 
-    search = sub.add_parser("search", help="search an index by text",
+    search = sub.add_parser("search", help="search an index by text, or by an example image or video",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     search.add_argument("index", help="index folder written by `pig index`")
-    search.add_argument("query", nargs="+", help="one or more text queries")
+    search.add_argument("query", nargs="*", help="text queries")
+    search.add_argument("--queries_file", default=None, metavar="FILE",
+                        help="also the text queries of this file, one per line ('-': standard input)")
+    search.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="find the videos closest to this image (repeatable)")
+    search.add_argument("--video", action="append", default=[], metavar="PATH",
+                        help="find the videos closest to this video (repeatable)")
     search.add_argument("-k", type=int, default=5, help="results per query")
+    search.add_argument("--json", action="store_true",
+                        help='print JSON: [{"query", "query_type", "results": [{"path", "score"}]}]')
     search.add_argument("--model", default=None, help="override the model path recorded in the index "
                                                       "(must hold the same weights)")
     search.add_argument("--device", default=_default_device())
+
+    from .server import add_serve_arguments
+
+    serve = sub.add_parser("serve", help="search an index from a browser or over HTTP (JSON API)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_serve_arguments(serve)
+    serve.add_argument("--device", default=_default_device())
 
     info = sub.add_parser("info", help="describe an index (size, backend, unreadable videos, FAISS recall)")
     info.add_argument("index")
@@ -81,6 +104,8 @@ def _load(model_path: str, device: str):
 
 
 def _load_index(folder: str) -> VideoIndex:
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: no such index folder")
     try:
         return VideoIndex.load(folder)
     except (FileNotFoundError, ValueError) as err:
@@ -92,7 +117,7 @@ def _print_failed(index: VideoIndex, limit: int = 20) -> None:
         return
     print(f"{len(index.failed)} unreadable video(s) skipped:")
     for path, reason in list(index.failed.items())[:limit]:
-        print(f"  {path}: {reason}")
+        print(f"  {reason}" if reason.startswith(f"{path}: ") else f"  {path}: {reason}")  # the path once
     if len(index.failed) > limit:
         print(f"  ... and {len(index.failed) - limit} more (see index.json, key 'failed')")
 
@@ -112,9 +137,16 @@ def cmd_index(args) -> int:
         raise UserError(f"no video files in {args.video_dir}" + ("" if args.recursive else " (try --recursive)"))
     model_path = str(Path(args.model).resolve()) if os.path.isdir(args.model) else args.model
     model, processor = _load(model_path, args.device)
-    index = VideoIndex.build(model, processor, paths, batch_size=args.batch_size, num_workers=args.num_workers,
-                             out_dir=args.out, model_path=model_path, backend=args.backend,
-                             faiss_threshold=args.faiss_threshold, target_recall=args.target_recall)
+    new_folder = not os.path.exists(args.out)
+    try:
+        index = VideoIndex.build(model, processor, paths, batch_size=args.batch_size, num_workers=args.num_workers,
+                                 out_dir=args.out, model_path=model_path, backend=args.backend,
+                                 faiss_threshold=args.faiss_threshold, target_recall=args.target_recall)
+    except ValueError as err:  # e.g. none of the videos could be decoded
+        if new_folder:  # leave nothing behind: there is no index to resume
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise UserError(f"{args.video_dir}: {err}") from err
+    save_text_encoder(model, processor, args.out, index.model_fingerprint)  # fast cold text searches
     print(f"indexed {len(index)} of {len(paths)} videos into {args.out}")
     print(_recall_line(index))
     _print_failed(index)
@@ -128,20 +160,66 @@ def format_results(query: str, results: list[tuple[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _text_queries(args) -> list[str]:
+    texts = list(args.query)
+    for position, text in enumerate(texts, 1):
+        if not text.strip():
+            raise UserError(f"text query {position} is empty")
+    if args.queries_file is not None:
+        if args.queries_file == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            try:
+                lines = Path(args.queries_file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise UserError(f"--queries_file {args.queries_file}: cannot read it ({err})") from err
+        texts += [line.strip() for line in lines if line.strip()]  # blank lines separate nothing
+    return texts
+
+
 def cmd_search(args) -> int:
     if args.k < 1:
         raise UserError("-k must be >= 1")
-    index = _load_index(args.index)
-    model_path = args.model or index.model_path
-    if not model_path:
-        raise UserError(f"{args.index}: the index records no model; pass --model")
-    try:
-        index.attach_model(*_load(model_path, args.device))  # refuses other weights than the index's
-    except ValueError as err:
+    texts = _text_queries(args)
+    examples = [(path, "image") for path in args.image] + [(path, "video") for path in args.video]
+    for path, kind in examples:
+        if not os.path.isfile(path):
+            raise UserError(f"--{kind} {path}: no such file")
+    if not texts and not examples:
+        raise UserError("no query: give text queries, --queries_file, --image or --video")
+    try:  # text only: the index's own text encoder when it has one (no model, no transformers import)
+        service = load_search_service(args.index, args.model, args.device, need_model=bool(examples))
+    except SearchSetupError as err:
         raise UserError(str(err)) from err
-    results = index.search(list(args.query), k=args.k)
-    print("\n\n".join(format_results(q, r) for q, r in zip(args.query, results)))
+    answers = []
+    if texts:
+        for text, results in zip(texts, service.search_vectors(service.embed_texts(texts), args.k)):
+            answers.append({"query": text, "query_type": "text", "results": results})
+    for path, kind in examples:
+        try:
+            vector, found = service.embed_file(path)
+        except QueryError as err:
+            raise UserError(f"--{kind} {err}") from err
+        if found != kind:
+            raise UserError(f"--{kind} {path}: this is {'an' if found == 'image' else 'a'} {found}; use --{found}")
+        answers.append({"query": path, "query_type": kind, "results": service.search_vectors(vector[None], args.k)[0]})
+    if args.json:
+        for answer in answers:
+            answer["results"] = [{"path": r["path"], "score": r["score"]} for r in answer["results"]]
+        print(json.dumps(answers, indent=2, ensure_ascii=False))
+    else:
+        print("\n\n".join(format_results(a["query"], [(r["path"], r["score"]) for r in a["results"]])
+                           for a in answers))
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import run_serve
+
+    try:
+        return run_serve(args)
+    except SearchSetupError as err:
+        raise UserError(str(err)) from err
 
 
 def cmd_info(args) -> int:
@@ -160,7 +238,7 @@ def main(argv=None) -> int:
     except SystemExit as exit_:  # argparse already printed the usage error
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info}
+    commands = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "info": cmd_info}
     try:
         return commands[args.command](args)
     except UserError as err:

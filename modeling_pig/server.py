@@ -15,12 +15,13 @@ Routes (see docs/serve.md):
   common folder, so `..`, absolute paths, encoded variants and files added later all get 404; a file that was
   replaced by a symlink after loading (its real path changed) gets 404 too.
 
-`SearchService` holds the model and the index (loaded once) and is the only code that touches them: the routes
-never do. Text embeddings of repeated queries come from an LRU cache. Model calls are serialised by a lock (one
-forward pass at a time uses all intra-op threads); the vector search itself runs concurrently.
+`search_service.SearchService` holds the model and the index (loaded once) and is the only code that touches
+them: the routes never do. Text embeddings of repeated queries come from its LRU cache; model calls are serialised
+by a lock, the vector search itself runs concurrently (FastAPI runs these routes in its thread pool). Queries
+(1000 characters) and uploads (`--max_upload_mb`, 64 by default) are bounded, uploads are written to a private
+temporary folder and deleted after the query, and errors are JSON `{"error": ...}` without a traceback.
 """
 
-import collections
 import contextlib
 import html
 import logging
@@ -28,178 +29,33 @@ import mimetypes
 import os
 import shutil
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Sequence
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
-import torch
-import torch.nn.functional as F
+from .search_service import (
+    DEFAULT_TEXT_CACHE,
+    MAX_K,
+    QueryError,
+    SearchService,
+    SearchSetupError,
+    check_k,
+    load_search_service,
+)
+from .video_io import VIDEO_EXTENSIONS
 
-from .retrieval import VIDEO_EXTENSIONS
+logger = logging.getLogger(__name__)
 
-logger = logging.getLogger("modeling_pig.server")
-
-__all__ = ["SearchService", "QueryError", "create_app", "serve"]
+__all__ = ["create_app", "serve", "add_serve_arguments", "run_serve"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-MAX_QUERY_CHARS = 1000  # a CLIP text tower reads at most 77 tokens: a longer text is a mistake or an attack
-MAX_K = 100
 DEFAULT_K = 12
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20
-DEFAULT_TEXT_CACHE = 1024
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # An upload's file name suffix is kept (it helps PyAV guess the container) only when it names a video or an
 # image format; others are dropped so that the content decides (with `.txt`, FFmpeg renders text as video).
 _KEPT_SUFFIXES = frozenset(VIDEO_EXTENSIONS) | {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-class QueryError(ValueError):
-    """A bad query (the client's mistake): answered with `status` and this message, never a traceback."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-# ------------------------------------------------------------------------------------------------------
-# The model and the index, behind one small interface
-
-
-class SearchService:
-    """A loaded VideoIndex and the model that built it, answering text and example queries.
-
-    Args:
-        index: a `VideoIndex` (its `paths`, `search_embeddings(queries, k)` and `embed_queries(texts)` are used).
-        model, processor: the index's model and processor (for image and video queries).
-        video_root: serve and report the videos from this folder instead of where they were indexed (the index's
-            paths are taken relative to their common folder): for a moved library or a Space.
-        text_cache: how many text query embeddings to keep (0: no cache).
-    """
-
-    def __init__(self, index, model, processor, video_root: str | os.PathLike | None = None,
-                 text_cache: int = DEFAULT_TEXT_CACHE):
-        if len(index) == 0:
-            raise ValueError("the index holds no videos")
-        self.index, self.model, self.processor = index, model, processor
-        self.model_lock = threading.Lock()
-        self.text_cache_size = int(text_cache)
-        self._cache: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
-        self._cache_lock = threading.Lock()
-        self.cache_hits = self.cache_misses = 0
-        paths = [os.path.abspath(p) for p in index.paths]
-        root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
-        if len(paths) > 1 and root in paths:  # commonpath of one distinct file repeated is the file itself
-            root = os.path.dirname(root)
-        self.relative_paths = [os.path.relpath(p, root) for p in paths]  # URL keys, in index order
-        base = os.path.abspath(video_root) if video_root is not None else root
-        self.paths = [os.path.join(base, rel) for rel in self.relative_paths]  # what clients see
-        # preview route: key -> (file, its real path now); a later change of the real path is refused
-        self._media = {rel: (path, os.path.realpath(path)) for rel, path in zip(self.relative_paths, self.paths)}
-        index.search_embeddings(torch.zeros(1, index.dim), k=1)  # builds search caches before any thread
-
-    # -- queries ---------------------------------------------------------------------------------------
-
-    def embed_text(self, text: str) -> torch.Tensor:
-        """The L2-normalised embedding `[D]` of a text query, from the LRU cache when it was asked before."""
-        text = check_text_query(text)
-        with self._cache_lock:
-            cached = self._cache.get(text)
-            if cached is not None:
-                self._cache.move_to_end(text)
-                self.cache_hits += 1
-                return cached
-            self.cache_misses += 1
-        with self.model_lock:
-            vector = self.index.embed_queries([text])[0]  # [D]
-        if self.text_cache_size > 0:
-            with self._cache_lock:
-                self._cache[text] = vector
-                while len(self._cache) > self.text_cache_size:
-                    self._cache.popitem(last=False)
-        return vector
-
-    def embed_file(self, path: str | os.PathLike, name: str = "upload") -> tuple[torch.Tensor, str]:
-        """The embedding `[D]` of an image or a video file (the video tower; an image is a 1-frame video) and
-        its kind, "image" or "video". Neither readable: `QueryError` naming `name` (not the temporary path)."""
-        from PIL import Image, UnidentifiedImageError
-
-        from .video_io import VideoDecodeError
-
-        try:
-            with Image.open(path) as image:
-                image.load()
-                pixel_values = self.processor.load_image(image.convert("RGB"))[None]  # [1, 1, 3, S, S]
-            kind = "image"
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-            try:
-                pixel_values = self.processor.load_video(os.fspath(path), mode="test")[None]  # [1, T, 3, S, S]
-            except VideoDecodeError as err:  # the detail names the temporary file: for the log only
-                logger.info("upload %s is not readable: %s", name, err)
-                raise QueryError(f"{name}: neither a readable image nor a readable video") from None
-            kind = "video"
-        param = next(self.model.parameters())
-        with self.model_lock, torch.no_grad():
-            features = self.model.get_video_features(
-                pixel_values=pixel_values.to(device=param.device, dtype=param.dtype)).pooler_output  # [1, D]
-        return F.normalize(features.float(), dim=-1)[0].cpu(), kind
-
-    def search_vector(self, vector: torch.Tensor, k: int) -> list[dict]:
-        """`[{"path", "score", "url"}]` of the `k` best videos for a query embedding `[D]`, best first."""
-        scores, indices = self.index.search_embeddings(vector[None], k=check_k(k))
-        return [{"path": self.paths[i], "score": round(float(s), 6), "url": self.media_url(int(i))}
-                for s, i in zip(scores[0], indices[0]) if i >= 0]
-
-    def search_text(self, text: str, k: int = DEFAULT_K) -> dict:
-        started = time.perf_counter()
-        results = self.search_vector(self.embed_text(text), k)
-        return {"query": text, "query_type": "text", "results": results,
-                "took_ms": round(1000 * (time.perf_counter() - started), 3)}
-
-    def search_file(self, path: str | os.PathLike, name: str, k: int = DEFAULT_K) -> dict:
-        started = time.perf_counter()
-        check_k(k)
-        vector, kind = self.embed_file(path, name)
-        return {"query": name, "query_type": kind, "results": self.search_vector(vector, k),
-                "took_ms": round(1000 * (time.perf_counter() - started), 3)}
-
-    # -- previews --------------------------------------------------------------------------------------
-
-    def media_url(self, position: int) -> str:
-        return "/media/" + quote(self.relative_paths[position].replace(os.sep, "/"))
-
-    def media_file(self, key: str) -> str | None:
-        """The file behind `/media/<key>` (key already URL-decoded), or None when it is not an indexed video or
-        no longer the file that was indexed (missing, not a regular file, or its real path changed)."""
-        entry = self._media.get(key.replace("/", os.sep))
-        if entry is None:
-            return None
-        path, real = entry
-        if os.path.realpath(path) != real or not os.path.isfile(real):
-            return None
-        return real
-
-    def health(self) -> dict:
-        return {"status": "ok", "videos": len(self.index), "backend": getattr(self.index, "backend", None),
-                "model": getattr(self.index, "model_path", None),
-                "text_cache": {"size": len(self._cache), "capacity": self.text_cache_size,
-                               "hits": self.cache_hits, "misses": self.cache_misses}}
-
-
-def check_text_query(text) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise QueryError("q must be a non-empty text")
-    if len(text) > MAX_QUERY_CHARS:
-        raise QueryError(f"q is {len(text)} characters long; at most {MAX_QUERY_CHARS} are accepted", 413)
-    return text.strip()
-
-
-def check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    return k
 
 
 def _parse_k(value: str | None) -> int:
@@ -209,24 +65,6 @@ def _parse_k(value: str | None) -> int:
         return check_k(int(value))
     except ValueError:
         raise QueryError(f"k must be an integer from 1 to {MAX_K}, got {value!r}") from None
-
-
-def load_service(index_dir: str | os.PathLike, model_path: str | None = None, device: str = "cpu",
-                 video_root: str | os.PathLike | None = None, text_cache: int = DEFAULT_TEXT_CACHE) -> SearchService:
-    """Load an index folder and its model (the recorded one, or `model_path`, which must hold the same
-    weights) into a `SearchService`."""
-    from .modeling_pig import PIGModel
-    from .processing_pig import PIGProcessor
-    from .retrieval import VideoIndex
-
-    index = VideoIndex.load(index_dir)
-    model_path = model_path or index.model_path
-    if not model_path:
-        raise ValueError(f"{index_dir}: the index records no model; pass --model")
-    model = PIGModel.from_pretrained(model_path).to(device).eval()
-    processor = PIGProcessor.from_pretrained(model_path)
-    index.attach_model(model, processor)  # refuses weights other than the index's
-    return SearchService(index, model, processor, video_root=video_root, text_cache=text_cache)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -345,7 +183,7 @@ def create_app(service: SearchService, max_upload_bytes: int = DEFAULT_MAX_UPLOA
                 shutil.copyfileobj(file.file, out, 2**20)
             if os.path.getsize(path) == 0:
                 raise QueryError(f"{name}: the uploaded file is empty")
-            return service.search_file(path, name, k)
+            return service.search_file(path, k, name)
         finally:
             os.unlink(path)
             file.file.close()
@@ -403,7 +241,7 @@ def serve(service: SearchService, host: str = DEFAULT_HOST, port: int = DEFAULT_
 
 
 # ------------------------------------------------------------------------------------------------------
-# Command line (`pig serve`; also `python -m modeling_pig.server`)
+# `pig serve` (the command line lives in cli.py; these are its arguments and its body)
 
 
 def add_serve_arguments(parser) -> None:
@@ -420,47 +258,19 @@ def add_serve_arguments(parser) -> None:
                         help="largest accepted upload (query by example)")
     parser.add_argument("--text_cache", type=int, default=DEFAULT_TEXT_CACHE,
                         help="text query embeddings kept in memory (0: none)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def cmd_serve(args) -> int:
+def run_serve(args) -> int:
+    """`pig serve`: check the arguments, load, serve until SIGINT/SIGTERM. Raises `SearchSetupError`."""
     if not 0 <= args.port <= 65535:
-        return _fail(f"--port must be from 0 to 65535, got {args.port}")
+        raise SearchSetupError(f"--port must be from 0 to 65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.text_cache < 0:
-        return _fail("--max_upload_mb must be > 0 and --text_cache >= 0")
-    if not os.path.isdir(args.index):
-        return _fail(f"{args.index}: no such index folder")
+        raise SearchSetupError("--max_upload_mb must be > 0 and --text_cache >= 0")
     if args.video_root is not None and not os.path.isdir(args.video_root):
-        return _fail(f"--video_root {args.video_root}: no such folder")
-    try:
-        service = load_service(args.index, args.model, args.device, args.video_root, args.text_cache)
-    except (OSError, ValueError) as err:
-        logger.debug("loading failed", exc_info=True)
-        return _fail(str(err).splitlines()[0])
+        raise SearchSetupError(f"--video_root {args.video_root}: no such folder")
+    service = load_search_service(args.index, args.model, args.device, args.video_root, args.text_cache)
     try:
         serve(service, args.host, args.port, int(args.max_upload_mb * 2**20))
     except OSError as err:  # address in use, not an address of this machine, ...
-        return _fail(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}")
+        raise SearchSetupError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
     return 0
-
-
-def _fail(message: str) -> int:
-    import sys
-
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="pig serve", description="Search a video index over HTTP.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_serve_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return cmd_serve(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -330,7 +330,9 @@ def _check_clip_bounds(start, end) -> None:
 
 
 def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+    # an FFmpeg error's str() ends with the file name, which the messages already start with: keep its cause only
+    cause = err.strerror if isinstance(err, av.error.FFmpegError) and err.strerror else err
+    return f"{type(err).__name__}: {cause}"
 
 
 def _open(path: str):
