@@ -151,7 +151,9 @@ def save_text_encoder(model, processor, index_dir: str | os.PathLike, fingerprin
     tmp = path.with_name(path.name + ".tmp")
     extra = {_METADATA_NAME: json.dumps({**encoder_metadata, "tokenizer": tokenizer.to_str()})}
     try:
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
+        with warnings.catch_warnings():  # TorchScript's deprecation notice (see the module docstring)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(traced, str(tmp), _extra_files=extra)
         os.replace(tmp, path)
     except OSError as err:
         logger.info("cannot write %s (%s); text searches load the model", path, err)
@@ -168,7 +170,9 @@ def load_text_encoder(index_dir: str | os.PathLike, fingerprint: str | None) -> 
 
     extra = {_METADATA_NAME: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():  # TorchScript's deprecation notice (see the module docstring)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         metadata = json.loads(extra[_METADATA_NAME])
     except Exception as err:  # another torch version, a damaged file: the model path still works
         logger.info("ignoring %s (%s: %s)", path, type(err).__name__, err)

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
@@ -18,7 +17,7 @@ from urllib.parse import quote
 import av
 import numpy as np
 import pytest
-from test_cli import tiny_pig
+from test_cli import pig_command, tiny_pig
 
 COLOURS = {"red.mp4": (220, 30, 30), "nested/blue.mp4": (30, 40, 220), "green.mp4": (30, 200, 60),
            "swap.mp4": (200, 200, 40)}
@@ -66,7 +65,7 @@ def library(tmp_path_factory):
 
 
 def serve_command() -> list[str]:
-    return [sys.executable, "-m", "modeling_pig.server"]
+    return pig_command() + ["serve"]
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +250,12 @@ def test_page_with_query_in_url_renders_results_in_headless_chromium(server):
     assert 'data-ready="1"' in dom  # the page script ran to its end without an error
 
 
-def test_serve_refuses_a_missing_index_folder(tmp_path, capsys):
-    from modeling_pig.server import main
+def test_serve_refuses_a_missing_index_folder_and_a_busy_port(tmp_path, capsys, server, library):
+    from modeling_pig.cli import main
 
-    assert main([str(tmp_path / "nowhere")]) == 2
+    assert main(["serve", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: {tmp_path / 'nowhere'}: no such index folder"]
+    port = server.rsplit(":", 1)[1]
+    assert main(["serve", str(library / "index"), "--port", port, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}")
