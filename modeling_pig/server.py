@@ -46,7 +46,7 @@ from .video_io import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["create_app", "serve", "add_serve_arguments", "run_serve"]
+__all__ = ["create_app", "bind", "serve", "add_serve_arguments", "run_serve"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -221,20 +221,30 @@ def page_url(host: str, port: int, query: str | None = None) -> str:
     return f"http://{shown}:{port}/" + (f"?{urlencode({'q': query})}" if query else "")
 
 
-def serve(service: SearchService, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, log_level: str = "warning") -> None:
-    """Bind `host:port` (port 0: any free port), print the address, and serve until SIGINT/SIGTERM."""
+def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    """A listening TCP socket on `host:port` (port 0: any free port). Raises OSError (address in use, ...)."""
     import socket
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait for TIME_WAIT
+        sock.bind((host, port))
+        sock.listen(2048)  # from now on a client waits in the backlog instead of being refused
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(service: SearchService, sock, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+          log_level: str = "warning") -> None:
+    """Serve `service` on the listening socket `sock` (from `bind`) until SIGINT/SIGTERM; prints the address
+    once requests are accepted (they wait in the backlog until uvicorn has started)."""
     import uvicorn
 
     app = create_app(service, max_upload_bytes=max_upload_bytes)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)  # from now on a client waits in the backlog instead of being refused
-    port = sock.getsockname()[1]
+    host, port = sock.getsockname()[:2]
     print(f"serving {len(service.index)} videos on {page_url(host, port)}", flush=True)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
@@ -266,11 +276,17 @@ def run_serve(args) -> int:
         raise SearchSetupError(f"--port must be from 0 to 65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.text_cache < 0:
         raise SearchSetupError("--max_upload_mb must be > 0 and --text_cache >= 0")
+    if not os.path.isdir(args.index):
+        raise SearchSetupError(f"{args.index}: no such index folder")
     if args.video_root is not None and not os.path.isdir(args.video_root):
         raise SearchSetupError(f"--video_root {args.video_root}: no such folder")
-    service = load_search_service(args.index, args.model, args.device, args.video_root, args.text_cache)
-    try:
-        serve(service, args.host, args.port, int(args.max_upload_mb * 2**20))
+    try:  # the port first: a busy one is reported at once, not after loading the model
+        sock = bind(args.host, args.port)
     except OSError as err:  # address in use, not an address of this machine, ...
         raise SearchSetupError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
+    try:
+        service = load_search_service(args.index, args.model, args.device, args.video_root, args.text_cache)
+        serve(service, sock, int(args.max_upload_mb * 2**20))
+    finally:
+        sock.close()
     return 0
