@@ -259,3 +259,24 @@ def test_serve_refuses_a_missing_index_folder_and_a_busy_port(tmp_path, capsys, 
     assert main(["serve", str(library / "index"), "--port", port, "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}")
+
+
+def test_space_app_serves_an_index_whose_videos_moved(library, tmp_path):
+    import importlib.util
+
+    from fastapi.testclient import TestClient
+
+    spec = importlib.util.spec_from_file_location("space_app", Path(__file__).resolve().parents[1] / "app.py")
+    space = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(space)
+    assert space.settings({})["host"] == "127.0.0.1" and space.settings({})["port"] == 7860
+    assert space.settings({"SPACE_ID": "user/space"})["host"] == "0.0.0.0"  # what a Space needs
+
+    moved = tmp_path / "space_videos"
+    shutil.copytree(library / "videos", moved)
+    client = TestClient(space.asgi_app({"PIG_INDEX": str(library / "index"), "PIG_VIDEOS": str(moved)}))
+    assert client.get("/healthz").json()["videos"] == 4
+    results = client.get("/api/search", params={"q": "a red square", "k": 4}).json()["results"]
+    assert {r["path"] for r in results} == {str(moved / name) for name in COLOURS}
+    reply = client.get("/media/nested/blue.mp4", headers={"Range": "bytes=0-9"})
+    assert reply.status_code == 206 and reply.content == (moved / "nested" / "blue.mp4").read_bytes()[:10]
