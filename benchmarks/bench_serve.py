@@ -229,14 +229,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--videos", type=int, default=10_000, help="vectors in the index")
     parser.add_argument("--queries", type=int, default=200, help="distinct queries of the round-trip test")
     parser.add_argument("--concurrent_queries", type=int, default=40, help="queries per concurrent client")
-    parser.add_argument("--cold_runs", type=int, default=7, help="runs of each cold command")
+    parser.add_argument("--cold_runs", type=int, default=7, help="runs of each cold command (0: skip that part)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke test: 1,000 vectors, 20 queries, 1 cold run")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     add_threads_argument(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.videos, args.queries, args.concurrent_queries, args.cold_runs = 1000, 20, 6, 1
+        args.videos, args.queries, args.concurrent_queries = 1000, 20, 6
+        args.cold_runs = min(args.cold_runs, 1)
     threads = resolve_threads(args.threads, args.quick)
     ENV["OMP_NUM_THREADS"] = str(threads)  # the server and the cold commands get the library's thread count
     print(machine_description(), flush=True)
@@ -254,9 +255,11 @@ def main(argv=None) -> dict:
         finally:
             process.terminate()
             process.wait(timeout=60)
-        cold_dir = tmp / "cold_index"
-        shutil.copytree(tmp / "index", cold_dir)
-        cold = cold_search(cold_dir, args.cold_runs)
+        cold = []
+        if args.cold_runs > 0:
+            cold_dir = tmp / "cold_index"
+            shutil.copytree(tmp / "index", cold_dir)
+            cold = cold_search(cold_dir, args.cold_runs)
     print(markdown_table(
         ["queries", "library search (median)", "HTTP, cache miss (median)", "HTTP overhead", "HTTP, cache hit "
          "(median)", "cache hits / misses", "wrong answers"],
@@ -267,10 +270,12 @@ def main(argv=None) -> dict:
     print(markdown_table(["clients", "requests", "errors", "wrong answers", "wall", "requests/s"],
                          [[crowd["clients"], crowd["requests"], crowd["errors"], crowd["wrong"],
                            f"{crowd['wall_s']:.2f} s", f"{crowd['requests_per_s']:.1f}"]]))
-    print()
-    print(markdown_table(["command", "runs", "wall (median)", "CPU (median)", "wall / import", "CPU / import"],
-                         [[row["command"], row["runs"], f"{row['wall_median_s']:.2f} s", f"{row['cpu_median_s']:.2f} s",
-                           f"{row['wall_ratio']:.2f}", f"{row['cpu_ratio']:.2f}"] for row in cold]))
+    if cold:
+        print()
+        print(markdown_table(["command", "runs", "wall (median)", "CPU (median)", "wall / import", "CPU / import"],
+                             [[row["command"], row["runs"], f"{row['wall_median_s']:.2f} s",
+                               f"{row['cpu_median_s']:.2f} s", f"{row['wall_ratio']:.2f}", f"{row['cpu_ratio']:.2f}"]
+                              for row in cold]))
     results = {"machine": machine_description(), "model": str(model_dir), "videos": args.videos, "threads": threads,
                "round_trip": trip, "concurrency": crowd, "cold_search": cold}
     write_json(args.json, results)

@@ -183,3 +183,12 @@ def test_single_tower_scorer_scores_each_pair_independently():
     assert not torch.allclose(pooled[:, 0], pooled[:, 1], atol=1e-3)
     with pytest.raises(ValueError, match="frame_embeds must be"):
         scorer.score(texts, frames[0])
+
+
+def test_serve_round_trip_and_concurrent_clients_agree_with_the_library(tmp_path, capsys):
+    stdout, results = run_script("bench_serve", tmp_path, capsys, "--cold_runs", "0")
+    trip, crowd = results["round_trip"], results["concurrency"]
+    assert trip["queries"] == 20 and trip["wrong_answers"] == 0
+    assert trip["cache_hits"] == 20 and trip["cache_misses"] == 20  # each query once new, then once from the cache
+    assert crowd["clients"] == 8 and crowd["requests"] == 48 and crowd["errors"] == crowd["wrong"] == 0
+    assert table_rows(stdout, "queries")[0][-1] == "0" and results["cold_search"] == []
