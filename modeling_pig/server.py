@@ -53,6 +53,9 @@ DEFAULT_PORT = 7860
 DEFAULT_K = 12
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20
 WEB_DIR = Path(__file__).resolve().parent / "web"
+# Previews open this far into the video (a media fragment, `#t=`), so that the still shown before playing is rarely
+# a black first frame; app.js uses the same value.
+PREVIEW_START_S = 0.5
 # An upload's file name suffix is kept (it helps PyAV guess the container) only when it names a video or an
 # image format; others are dropped so that the content decides (with `.txt`, FFmpeg renders text as video).
 _KEPT_SUFFIXES = frozenset(VIDEO_EXTENSIONS) | {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -83,7 +86,7 @@ def render_results(results: Sequence[dict]) -> str:
         name = html.escape(os.path.basename(result["path"]))
         items.append(
             f'<li class="result" data-rank="{rank}">'
-            f'<video src="{url}" preload="metadata" muted loop playsinline controls></video>'
+            f'<video src="{url}#t={PREVIEW_START_S}" preload="metadata" muted loop playsinline controls></video>'
             f'<div class="meta"><span class="rank">#{rank}</span> <span class="score">{result["score"]:.4f}</span> '
             f'<span class="name">{name}</span></div>'
             f'<div class="path" title="{html.escape(result["path"], quote=True)}">{path}</div></li>')

@@ -15,7 +15,7 @@ function resultItem(result, rank) {
   item.className = "result";
   item.dataset.rank = String(rank);
   const video = document.createElement("video");
-  video.src = result.url;
+  video.src = result.url + "#t=0.5";  // the still shown before playing: not the (often black) first frame
   video.preload = "metadata";
   video.muted = true;
   video.loop = true;
