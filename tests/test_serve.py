@@ -176,6 +176,15 @@ def test_bad_uploads_get_one_clear_error(server, library):
     assert status == 400 and "empty" in body["error"]
     status, body = post_file(server, None, content=b"\x00" * (2 * 2**20), name="huge.mp4")  # limit: 1 MB
     assert status == 413 and body == "Content Too Large"
+    # the same without a Content-Length header (chunked): the limit is enforced while the body is read
+    host, port = server.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="huge.mp4"\r\n\r\n'
+    connection.request("POST", "/api/search", body=iter([head] + [b"\x00" * 2**16] * 32 + [b"\r\n--x--\r\n"]),
+                       encode_chunked=True, headers={"Content-Type": "multipart/form-data; boundary=x"})
+    reply = connection.getresponse()
+    assert reply.status == 413 and b"Traceback" not in reply.read()
+    connection.close()
     status, body = post_file(server, library / "videos" / "red.mp4", k=1000)
     assert status == 400 and "k must be" in body["error"]
     (folder,) = upload_folders(library)
