@@ -1,13 +1,14 @@
 """PIGModel behaviour on tiny random CLIP configs: shapes, attention pattern, ITS, losses, baselines, init.
 
-The helpers at the top (`tiny_pig_config`, `build_model`, `random_inputs`) are shared by the other
+The helpers at the top (`build_model`, `random_inputs`; the config is conftest's `tiny_pig_config`) are shared by the other
 `test_modeling_pig_*.py` files.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_clip_config_dict
+from conftest import IMAGE_SIZE, NUM_FRAMES, TOP_K, tiny_clip_config_dict, tiny_pig_config
+from huggingface_hub.errors import StrictDataclassError
 from transformers import CLIPConfig, CLIPModel
 
 from modeling_pig import PIGConfig, PIGModel
@@ -18,17 +19,6 @@ from modeling_pig.modeling_pig import (
     select_informative_tokens,
     PIGViPEncoderLayer,
 )
-
-NUM_FRAMES = 3  # tiny config: 32 px / patch 8 -> P = 16 patches, L = 17 tokens per frame, M = 4 globals
-TOP_K = 5
-IMAGE_SIZE = 32
-
-
-def tiny_pig_config(**overrides) -> PIGConfig:
-    kwargs = dict(clip_config=tiny_clip_config_dict(), num_frames=NUM_FRAMES, its_top_k=TOP_K)
-    kwargs.update(overrides)
-    return PIGConfig(**kwargs)
-
 
 def build_model(seed: int = 0, **overrides) -> PIGModel:
     torch.manual_seed(seed)
@@ -470,7 +460,7 @@ def test_fixed_bos_eos_are_buffers_not_parameters():
 def test_config_edited_after_construction_is_rejected_by_the_model():
     config = tiny_pig_config()
     config.video_tower = "meanp"  # still use_pseudo_query=True
-    with pytest.raises(ValueError, match="use_pseudo_query"):
+    with pytest.raises(StrictDataclassError, match="use_pseudo_query"):
         PIGModel(config)
 
 
