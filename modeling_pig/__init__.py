@@ -4,7 +4,7 @@ Importing the package registers PIG with transformers, as a model library must: 
 ``AutoModel`` and ``AutoProcessor`` load a saved PIG folder without ``trust_remote_code``, and
 ``pipeline("video-text-retrieval", model=folder)`` works. That import pulls in torch and transformers (both are
 imported by transformers' config machinery anyway). The other public names (index, embedding store, metrics,
-video decoding) are resolved lazily, so that FAISS is imported only by what searches.
+video decoding, loader) are resolved lazily, when first reached.
 """
 
 from importlib import import_module
