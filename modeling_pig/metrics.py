@@ -309,7 +309,7 @@ def _tie_block_metrics(counts: RankCounts, prefix: str) -> dict[str, float]:
     one pooled list of ranks, computed here from the block bounds without building the list."""
     start, width = counts.greater, counts.tied + 1  # 0-based block start, block size
     total = int(width.sum())
-    out = {f"{prefix}_R@{k}": float(100.0 * np.clip(k - start, 0, width).sum() / total) for k in RECALL_KS}
+    out = {f"{prefix}_R@{k}": float(100.0 * (np.clip(k - start, 0, width).sum() / total)) for k in RECALL_KS}
     # cdf[x] = pooled positions <= x (0-based), from the coverage of each position by the blocks
     size = int((start + width).max())
     coverage = np.cumsum(np.bincount(start, minlength=size + 1) - np.bincount(start + width, minlength=size + 1))
@@ -317,7 +317,7 @@ def _tie_block_metrics(counts: RankCounts, prefix: str) -> dict[str, float]:
     lower = np.searchsorted(cdf, (total - 1) // 2 + 1)  # the ((total - 1) // 2)-th smallest position
     upper = np.searchsorted(cdf, total // 2 + 1)
     out[f"{prefix}_MdR"] = float((lower + upper) / 2 + 1)
-    out[f"{prefix}_MnR"] = float(1 + (width * (start + counts.tied / 2)).sum() / total)
+    out[f"{prefix}_MnR"] = float((width * (start + 1 + counts.tied / 2)).sum() / total)
     return out
 
 
