@@ -101,10 +101,11 @@ class PIGVideoOutput(BaseModelOutputWithPooling):
 def gather_features(*features: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """All-gather `[n_local, ...]` tensors from every process, with gradients, concatenated in rank order.
 
-    The one place where PIG talks to torch.distributed. Without an initialised process group (or with one
-    process) the inputs come back unchanged. `None` entries pass through. The backward of the gather sums the
-    gradients that every process's loss sends to this process's rows; with DDP's gradient averaging this gives
-    exactly the gradient of the loss over the global batch (§6.2).
+    The one place where PIG talks to torch.distributed; `forward` calls it only when its caller asks
+    (`gather_across_processes=True`), because a collective called on one rank alone waits forever. Without an
+    initialised process group (or with one process) the inputs come back unchanged. `None` entries pass
+    through. The backward of the gather sums the gradients that every process's loss sends to this process's
+    rows; with DDP's gradient averaging this gives exactly the gradient of the loss over the global batch (§6.2).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return features
@@ -675,12 +676,16 @@ class PIGModel(PIGPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         return_loss: bool = False,
+        gather_across_processes: bool = False,
     ) -> PIGOutput:
         """Texts `[n_text, length]` and videos `[n_video, T, 3, H, W]` -> `PIGOutput`.
 
         With `return_loss=True` (needs `n_text == n_video`, caption i belongs to video i) the loss is
-        `InfoNCE + generation_loss_weight * L_recon` over the global batch (features all-gathered with gradients
-        under torch.distributed). Loss math runs in float32, also under autocast.
+        `InfoNCE + generation_loss_weight * L_recon` over this call's batch. With `gather_across_processes=True`
+        as well (a data-parallel trainer, on every process at once) it spans the global batch: the features of
+        every process are all-gathered with gradients first (`gather_features`). Without it no collective runs,
+        so a forward on one rank alone never waits for the others. Loss math runs in float32, also under
+        autocast.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError(
@@ -707,7 +712,9 @@ class PIGModel(PIGPreTrainedModel):
 
             loss = contrastive = reconstruction = None
             if return_loss:
-                all_text, all_video, all_pseudo = gather_features(text_embeds, video_embeds, pseudo_query_embeds)
+                all_text, all_video, all_pseudo = text_embeds, video_embeds, pseudo_query_embeds
+                if gather_across_processes:
+                    all_text, all_video, all_pseudo = gather_features(all_text, all_video, all_pseudo)
                 contrastive = contrastive_loss(all_text, all_video, logit_scale)
                 loss = contrastive
                 if all_pseudo is not None:

@@ -71,7 +71,7 @@ def test_two_processes_take_the_same_step_as_one_process_on_the_whole_batch(tmp_
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
     # the tolerance is far below the size of the step itself
     from training.args import parse_args
-    from training.train import build_model
+    from training.model import build_model
 
     initial = build_model(parse_args(_argv(single, synthetic_dir)[1:])).state_dict()
     assert max((a[name] - initial[name]).abs().max().item() for name in a) > 1e-4

@@ -149,8 +149,12 @@ class TrainArguments:
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={
         "help": "'latest' (newest complete checkpoint of the run in output_dir) or a checkpoint folder."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss / lr every N steps."})
-    report_to: Literal["none", "tensorboard"] = field(default="none", metadata={
-        "help": "tensorboard: event files in output_dir/logs."})
+    report_to: str = field(default="none", metadata={
+        "help": "Trackers, comma-separated: any that accelerate supports (tensorboard, wandb, mlflow, comet_ml, "
+                "aim, clearml, dvclive, swanlab, trackio), 'all' (every one installed) or 'none'. Local ones write "
+                "under output_dir/logs."})
+    tracker_project_name: str = field(default="pig-hf", metadata={
+        "help": "Project (run group) name given to the trackers; tensorboard: the folder under output_dir/logs."})
 
     # ----------------------------------------------------------------- publishing
     model_name: Optional[str] = field(default=None, metadata={"help": "Name in the model card (default: derived)."})
@@ -183,6 +187,28 @@ class TrainArguments:
     def model_config_dict(self) -> dict:
         """`model_config` parsed (empty dict when unset)."""
         return json.loads(self.model_config) if self.model_config else {}
+
+    @property
+    def trackers(self) -> list[str] | None:
+        """`report_to` as accelerate's `log_with` (None: no tracker). Raises ValueError for a name accelerate does
+        not know, or one whose package is not installed."""
+        from accelerate.tracking import get_available_trackers
+        from accelerate.utils import LoggerType
+
+        names = [name.strip().lower() for name in str(self.report_to).split(",") if name.strip()]
+        if names in ([], ["none"]):
+            return None
+        known = [t.value for t in LoggerType]
+        for name in names:
+            if name not in known:
+                raise ValueError(f"--report_to {self.report_to!r}: {name!r} is not a tracker accelerate supports; "
+                                 f"expected 'none' or comma-separated names from {known}")
+        installed = {str(t) for t in get_available_trackers()}
+        missing = [name for name in names if name != "all" and name not in installed]
+        if missing:
+            raise ValueError(f"--report_to {self.report_to!r}: the package of {', '.join(missing)} is not installed "
+                             f"here (pip install {' '.join(missing)}); installed trackers: {sorted(installed) or 'none'}")
+        return names
 
     def to_dict(self) -> dict:
         """Plain-JSON view (for run_summary.json and the model card)."""

@@ -13,9 +13,10 @@ computed separately, in batches, then scored with one matrix product and ranked 
   so an interrupted run keeps its progress and a rerun reuses it; text embeddings keyed by the same and
   the list of texts.
 
-Library use (the trainer): `evaluate_retrieval(model, processor, dataset)`. Command line:
+Library use (the trainer, training/evaluation.py): `evaluate_retrieval(model, processor, dataset)`. Command line
+(`python -m training.eval_retrieval` works too):
 
-    python training/evaluate.py --model DIR --benchmark msrvtt --data_dir DATA --config 9k --split test \\
+    python training/eval_retrieval.py --model DIR --benchmark msrvtt --data_dir DATA --config 9k --split test \\
         --output results.json
 
 writes/updates `results.json` (one entry per model x benchmark x config x split) and `results.md` (the table).
@@ -23,67 +24,33 @@ writes/updates `results.json` (one entry per model x benchmark x config x split)
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-# `python training/evaluate.py` puts this folder first on sys.path, where this very file would shadow the
-# `evaluate` package for every library imported below.
-_HERE = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
-    sys.path.pop(0)
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-
-from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics  # noqa: E402
-from modeling_pig.retrieval import (  # noqa: E402
+from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics
+from modeling_pig.retrieval import (
     embedding_job_key,
     encode_texts,
     encode_videos,
     model_fingerprint,
     processor_signature,
 )
+from training.data import load_split
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pig-hf" / "eval"
-
-
-# ------------------------------------------------------------------------------------------------------
-# Embedding (the agreed interface)
-
-
-def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 256, show_progress: bool = True
-                ) -> torch.Tensor:
-    """Text-tower embeddings: float32 CPU tensor `[len(texts), D]`, L2-normalised."""
-    return encode_texts(model, processor, texts, batch_size=batch_size, show_progress=show_progress)
-
-
-def embed_videos(model, processor, video_paths: Sequence[str], batch_size: int = 16,
-                 starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
-                 num_workers: int = 0, show_progress: bool = True) -> torch.Tensor:
-    """Video-tower embeddings: float32 CPU tensor `[len(video_paths), D]`, L2-normalised.
-
-    Every video must decode: one that does not raises `VideoDecodeError` naming it (use
-    `modeling_pig.retrieval.encode_videos` to skip and report instead, as `evaluate_retrieval` does).
-    """
-    from modeling_pig.video_io import VideoDecodeError
-
-    encoded = encode_videos(model, processor, video_paths, batch_size=batch_size, starts=starts, ends=ends,
-                            num_workers=num_workers, show_progress=show_progress)
-    if encoded.failed:
-        listed = "; ".join(encoded.failed[p] for p in list(encoded.failed)[:3])
-        raise VideoDecodeError(f"{len(encoded.failed)} of {len(video_paths)} videos could not be decoded: {listed}")
-    return encoded.embeddings
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -211,7 +178,7 @@ def _format_metric(value: float) -> str:
     return f"{value:.1f}"
 
 
-def results_table(entries: Sequence[dict]) -> str:
+def results_file_table(entries: Sequence[dict]) -> str:
     """Markdown table of evaluation entries (dicts with model, benchmark, config, split, protocol, metrics)."""
     recall_cols = [f"R@{k}" for k in RECALL_KS]
     header = (["Model", "Benchmark", "Split", "Protocol", "Texts", "Videos"]
@@ -292,26 +259,12 @@ def load_model_and_processor(model_path: str, device: str = "cpu", dtype: str = 
     return model, processor
 
 
-def load_split(benchmark: str, data_dir: str, config: str | None, split: str, video_dir: str | None,
-               missing_videos: str, datasets_cache_dir: str | None = None):
-    """`load_benchmark(...)`; for "synthetic", the benchmark is generated in `data_dir` first if absent."""
-    from datasets_scripts.loading import load_benchmark
-
-    if benchmark == "synthetic":
-        from datasets_scripts.synthetic import generate_synthetic, read_manifest
-
-        if read_manifest(data_dir) is None:
-            generate_synthetic(data_dir)
-    return load_benchmark(benchmark, data_dir, config=config, split=split, video_dir=video_dir,
-                          missing_videos=missing_videos, cache_dir=datasets_cache_dir)
-
-
 def main(argv=None) -> dict:
     """Run the evaluation described by the command line; returns the results entry written."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dataset = load_split(args.benchmark, args.data_dir, args.config, args.split, args.video_dir,
-                         args.missing_videos, args.datasets_cache_dir)
+    dataset = load_split(args.benchmark, args.data_dir, args.split, config=args.config, video_dir=args.video_dir,
+                         missing_videos=args.missing_videos, cache_dir=args.datasets_cache_dir)
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     for name in ("num_frames", "max_length"):
         if getattr(args, name) is not None:
@@ -335,7 +288,7 @@ def main(argv=None) -> dict:
     }
     output = Path(args.output)
     entries = update_results_file(output, entry)
-    table = results_table(entries)
+    table = results_file_table(entries)
     output.with_suffix(".md").write_text(table)
     print(table)
     if result.skipped:
