@@ -558,6 +558,30 @@ class PIGModel(PIGPreTrainedModel):
         """Clamp the log-temperature to [0, logit_scale_max] in place; call after every optimiser step (§6.2)."""
         self.clip.logit_scale.clamp_(0.0, self.config.logit_scale_max)
 
+    def get_logit_scale(self) -> torch.Tensor:
+        """The contrastive logits' scale: `exp` of the learnable log-temperature clamped to [0, logit_scale_max],
+        float32 scalar (with gradients)."""
+        return self.clip.logit_scale.float().clamp(0.0, self.config.logit_scale_max).exp()
+
+    def loss_from_embeddings(self, text_embeds: torch.Tensor, video_embeds: torch.Tensor,
+                             pseudo_query_embeds: torch.Tensor | None, logit_scale: torch.Tensor,
+                             gather_across_processes: bool = False):
+        """`(loss, contrastive_loss, generation_loss)` of L2-normalised float32 embeddings `[n, D]` (row i of each
+        belongs together): InfoNCE + generation_loss_weight * L_recon, the loss `forward(return_loss=True)`
+        returns. `generation_loss` is None without pseudo-queries. With `gather_across_processes` the rows of
+        every process are all-gathered with gradients first (call it on every process). Gradient caching
+        (training/) computes the loss of a whole batch from embeddings encoded in chunks with it.
+        """
+        if gather_across_processes:
+            text_embeds, video_embeds, pseudo_query_embeds = gather_features(text_embeds, video_embeds,
+                                                                             pseudo_query_embeds)
+        contrastive = contrastive_loss(text_embeds, video_embeds, logit_scale)
+        if pseudo_query_embeds is None:
+            return contrastive, contrastive, None
+        target = text_embeds.detach() if self.config.detach_generation_target else text_embeds
+        reconstruction = generation_loss(pseudo_query_embeds, target)
+        return contrastive + self.config.generation_loss_weight * reconstruction, contrastive, reconstruction
+
     # -------------------------------------------------------------------------------------------- validation
     def _check_pixel_values(self, pixel_values) -> torch.Tensor:
         vision = self.config.clip_config.vision_config
@@ -707,20 +731,13 @@ class PIGModel(PIGPreTrainedModel):
             pseudo_query_embeds = None
             if video_out.pseudo_query_embeds is not None:
                 pseudo_query_embeds = F.normalize(video_out.pseudo_query_embeds.float(), dim=-1)
-            logit_scale = self.clip.logit_scale.float().clamp(0.0, self.config.logit_scale_max).exp()
+            logit_scale = self.get_logit_scale()
             logits_per_text = logit_scale * text_embeds @ video_embeds.t()  # [n_text, n_video]
 
             loss = contrastive = reconstruction = None
             if return_loss:
-                all_text, all_video, all_pseudo = text_embeds, video_embeds, pseudo_query_embeds
-                if gather_across_processes:
-                    all_text, all_video, all_pseudo = gather_features(all_text, all_video, all_pseudo)
-                contrastive = contrastive_loss(all_text, all_video, logit_scale)
-                loss = contrastive
-                if all_pseudo is not None:
-                    target = all_text.detach() if self.config.detach_generation_target else all_text
-                    reconstruction = generation_loss(all_pseudo, target)
-                    loss = contrastive + self.config.generation_loss_weight * reconstruction
+                loss, contrastive, reconstruction = self.loss_from_embeddings(
+                    text_embeds, video_embeds, pseudo_query_embeds, logit_scale, gather_across_processes)
 
         return PIGOutput(
             loss=loss,

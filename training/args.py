@@ -128,6 +128,10 @@ class TrainArguments:
     warmup_ratio: float = field(default=0.1, metadata={
         "help": "Warm-up steps = int(ratio * total steps) (0.1 for the demo's from-scratch model; recipes: 0.01)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip (0: off)."})
+    grad_cache_chunk_size: int = field(default=0, metadata={
+        "help": "Gradient caching: encode each process's batch in chunks of N videos (two passes, the loss still "
+                "spans the whole global batch), so that the activation memory is that of N videos. 0: off. DDP "
+                "and one process (not FSDP/DeepSpeed). See docs/training.md."})
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = field(default=None, metadata={
         "help": "Autocast for the forward pass (None: accelerate's launch setting)."})
 
@@ -170,7 +174,8 @@ class TrainArguments:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)}; expected a positive integer")
-        for name in ("eval_steps", "checkpointing_steps", "logging_steps", "dataloader_num_workers"):
+        for name in ("eval_steps", "checkpointing_steps", "logging_steps", "dataloader_num_workers",
+                     "grad_cache_chunk_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 0")
         if self.checkpoints_total_limit < 1:
@@ -207,7 +212,8 @@ class TrainArguments:
         missing = [name for name in names if name != "all" and name not in installed]
         if missing:
             raise ValueError(f"--report_to {self.report_to!r}: the package of {', '.join(missing)} is not installed "
-                             f"here (pip install {' '.join(missing)}); installed trackers: {sorted(installed) or 'none'}")
+                             f"here (pip install {' '.join(missing)}); installed trackers: "
+                             f"{sorted(installed) or 'none'}")
         return names
 
     def to_dict(self) -> dict:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -60,6 +60,7 @@ from training.data import (
     truncate_batch,
 )
 from training.evaluation import evaluate, evaluate_and_keep_best, save_model
+from training.grad_cache import GradCache
 from training.model import build_model, build_processor, load_generator_weights
 from training.optimization import (
     NonFiniteLossError,
@@ -147,6 +148,15 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     config = unwrapped.config
+    # every process runs each forward together: the loss spans the global batch
+    gather = num_processes > 1
+    grad_cache = None
+    if args.grad_cache_chunk_size:
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ValueError(f"--grad_cache_chunk_size works with DDP or one process, not with "
+                             f"{accelerator.distributed_type.value}: its second pass needs the whole logit scale "
+                             "outside the wrapped forward")
+        grad_cache = GradCache(accelerator, model, args.grad_cache_chunk_size, gather)
 
     state = TrainState(stage=stage)
     resume = resolve_resume(args.resume_from_checkpoint, stage, plan.directory)
@@ -161,12 +171,14 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
     if accelerator.is_main_process and resume is None and log_path.exists():
         log_path.unlink()
 
+    chunks = f", chunks of {args.grad_cache_chunk_size}" if grad_cache else ""
     what = ("pre-training the pseudo-query generator (CLIP frozen)" if stage == "1"
             else f"training {variant_name(config)} (all parameters)")
     logger.info(f"===== Stage {stage}: {what} =====\n"
                 f"  {len(train_data)} training items, global batch {plan.global_batch} ({per_process} x "
-                f"{num_processes} processes), {max_steps} steps ({max_steps / batches_per_epoch:.2f} epochs), "
-                f"lr {plan.learning_rate:g}, {trainable:,} trainable parameters", main_process_only=True)
+                f"{num_processes} processes{chunks}), {max_steps} steps "
+                f"({max_steps / batches_per_epoch:.2f} epochs), lr {plan.learning_rate:g}, {trainable:,} trainable "
+                "parameters", main_process_only=True)
 
     last_checkpoint = list_checkpoints(plan.directory)[-1] if resume is not None else None
     fp16 = accelerator.mixed_precision == "fp16"
@@ -194,10 +206,11 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
             if largest != smallest:
                 batch = truncate_batch(batch, smallest)  # the global contrastive batch needs equal shares
 
-            # every process runs this forward together: the loss spans the global batch
-            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           pixel_values=batch["pixel_values"], return_loss=True,
-                           gather_across_processes=num_processes > 1)
+            if grad_cache is not None:
+                output = grad_cache.forward(batch)  # first pass in chunks, no graph; the loss of the whole batch
+            else:
+                output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               pixel_values=batch["pixel_values"], return_loss=True, gather_across_processes=gather)
             loss = stage_loss(output, stage, config)
             if not all_finite(accelerator, loss.detach()):
                 raise NonFiniteLossError(
@@ -205,7 +218,10 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
                     f"training stopped and nothing was saved. Last good checkpoint: "
                     f"{last_checkpoint or 'none (checkpointing is off or no checkpoint was due yet)'}. "
                     "Lower the learning rate or check the data.")
-            accelerator.backward(loss)
+            if grad_cache is not None:
+                grad_cache.backward(loss)  # second pass: each chunk again, with the cached embedding gradients
+            else:
+                accelerator.backward(loss)
             grad_norm = None
             if args.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
