@@ -98,6 +98,100 @@ def _cached_text_embeddings(model, processor, texts: list[str], batch_size: int,
     return embeddings
 
 
+@dataclasses.dataclass
+class SplitEmbeddings:
+    """The embeddings of a split's rows (or of a contiguous share of them, see `merge_split_embeddings`).
+
+    videos: `[len(kept), D]` float32, one per decodable video; kept: the row of each (ascending);
+    failed: row -> reason, for every video that could not be decoded; texts: `[n_texts, D]` float32, every
+    caption of the kept rows in row order (empty `[0, 0]` when nothing was kept).
+    """
+
+    videos: torch.Tensor
+    kept: list[int]
+    failed: dict[int, str]
+    texts: torch.Tensor
+
+
+def _split_columns(dataset) -> tuple[list, list, list, list | None, list | None]:
+    """(videos, captions, video_ids, starts, ends) of `load_benchmark` rows, every row with a caption."""
+    videos = _column(dataset, "video")
+    captions = _column(dataset, "captions")
+    names = dataset.column_names
+    video_ids = _column(dataset, "video_id") if "video_id" in names else [str(i) for i in range(len(videos))]
+    starts = _column(dataset, "start") if "start" in names else None
+    ends = _column(dataset, "end") if "end" in names else None
+    for row, (video_id, row_captions) in enumerate(zip(video_ids, captions)):
+        if not row_captions or any(not isinstance(c, str) or not c.strip() for c in row_captions):
+            raise ValueError(f"row {row} (video_id {video_id!r}) has no caption or an empty one: {row_captions!r}; "
+                             "every video needs at least one non-empty caption")
+    return videos, captions, video_ids, starts, ends
+
+
+def embed_split(model, processor, dataset, batch_size: int = 16, cache_dir=None, num_workers: int = 0,
+                text_batch_size: int = 256, show_progress: bool = True) -> SplitEmbeddings:
+    """Embed every video of `dataset` (skipping undecodable ones) and every caption of the decodable ones.
+
+    The arguments are those of `evaluate_retrieval_detailed`. An empty `dataset` (a process's share of a small
+    split) gives empty embeddings.
+    """
+    videos, captions, _, starts, ends = _split_columns(dataset)
+    if not videos:
+        return SplitEmbeddings(videos=torch.empty(0, 0), kept=[], failed={}, texts=torch.empty(0, 0))
+    cache = Path(cache_dir) if cache_dir is not None else None
+    model_fp = model_fingerprint(model) if cache is not None else None
+    video_cache = None
+    if cache is not None:
+        video_cache = cache / "videos" / embedding_job_key(model_fp, processor, torch.float32)
+    encoded = encode_videos(model, processor, videos, batch_size=batch_size, starts=starts, ends=ends,
+                            num_workers=num_workers, checkpoint_dir=video_cache, storage_dtype=torch.float32,
+                            show_progress=show_progress, model_fp=model_fp)
+    texts = [caption for row in encoded.positions for caption in captions[row]]
+    text_embeddings = torch.empty(0, 0)
+    if texts:
+        text_embeddings = _cached_text_embeddings(model, processor, texts, text_batch_size, cache, model_fp,
+                                                  show_progress)
+    return SplitEmbeddings(videos=encoded.embeddings.float(), kept=list(encoded.positions),
+                           failed=dict(encoded.failed), texts=text_embeddings.float())
+
+
+def merge_split_embeddings(shares: Sequence[SplitEmbeddings], sizes: Sequence[int]) -> SplitEmbeddings:
+    """The `SplitEmbeddings` of a whole split from those of its consecutive shares of `sizes` rows each."""
+    kept, failed, videos, texts = [], {}, [], []
+    offset = 0
+    for share, size in zip(shares, sizes, strict=True):
+        kept += [offset + row for row in share.kept]
+        failed.update({offset + row: reason for row, reason in share.failed.items()})
+        if share.kept:
+            videos.append(share.videos)
+            texts.append(share.texts)
+        offset += size
+    if not videos:
+        return SplitEmbeddings(videos=torch.empty(0, 0), kept=[], failed=failed, texts=torch.empty(0, 0))
+    return SplitEmbeddings(videos=torch.cat(videos), kept=kept, failed=failed, texts=torch.cat(texts))
+
+
+def score_split(dataset, embeddings: SplitEmbeddings, dsl: bool = False) -> RetrievalEvaluation:
+    """Metrics of a split from its embeddings: every caption of a kept row is a query for that row's video."""
+    videos, captions, video_ids, _, _ = _split_columns(dataset)
+    if not videos:
+        raise ValueError("the evaluation dataset is empty")
+    skipped = [{"video_id": video_ids[p], "video": videos[p], "reason": reason, "num_captions": len(captions[p])}
+               for p, reason in sorted(embeddings.failed.items())]
+    if not embeddings.kept:
+        raise ValueError(f"none of the {len(videos)} videos could be decoded (first: {skipped[0]['reason']})")
+    if skipped:
+        logger.warning("Evaluation skips %d unreadable videos and their %d captions: %s", len(skipped),
+                       sum(s["num_captions"] for s in skipped), ", ".join(s["video_id"] for s in skipped[:10]))
+    text_to_video = [column for column, row in enumerate(embeddings.kept) for _ in captions[row]]
+    sim = (embeddings.texts @ embeddings.videos.T).numpy()  # [n_text, n_video]
+    metrics = compute_retrieval_metrics(sim, np.asarray(text_to_video), dsl=dsl)
+    metrics["num_skipped_videos"] = len(skipped)
+    metrics["num_skipped_captions"] = sum(s["num_captions"] for s in skipped)
+    protocol = "square" if all(len(c) == 1 for c in captions) else "multi-caption"
+    return RetrievalEvaluation(metrics=metrics, protocol=protocol, skipped=skipped)
+
+
 def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16, cache_dir=None, dsl: bool = False,
                                 num_workers: int = 0, text_batch_size: int = 256, show_progress: bool = True
                                 ) -> RetrievalEvaluation:
@@ -113,49 +207,14 @@ def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16,
         num_workers: DataLoader workers decoding videos.
 
     Returns:
-        `RetrievalEvaluation` (metrics, protocol, skipped videos).
+        `RetrievalEvaluation` (metrics, protocol, skipped videos). `embed_split` + `score_split` are the two halves
+        (training/evaluation.py runs the first on every process's share of the rows).
     """
-    videos = _column(dataset, "video")
-    captions = _column(dataset, "captions")
-    names = dataset.column_names
-    video_ids = _column(dataset, "video_id") if "video_id" in names else [str(i) for i in range(len(videos))]
-    starts = _column(dataset, "start") if "start" in names else None
-    ends = _column(dataset, "end") if "end" in names else None
-    if not videos:
+    if len(dataset) == 0:
         raise ValueError("the evaluation dataset is empty")
-    for row, (video_id, row_captions) in enumerate(zip(video_ids, captions)):
-        if not row_captions or any(not isinstance(c, str) or not c.strip() for c in row_captions):
-            raise ValueError(f"row {row} (video_id {video_id!r}) has no caption or an empty one: {row_captions!r}; "
-                             "every video needs at least one non-empty caption")
-
-    cache = Path(cache_dir) if cache_dir is not None else None
-    model_fp = model_fingerprint(model) if cache is not None else None
-    video_cache = None
-    if cache is not None:
-        video_cache = cache / "videos" / embedding_job_key(model_fp, processor, torch.float32)
-    encoded = encode_videos(model, processor, videos, batch_size=batch_size, starts=starts, ends=ends,
-                            num_workers=num_workers, checkpoint_dir=video_cache, storage_dtype=torch.float32,
-                            show_progress=show_progress, model_fp=model_fp)
-    skipped = [{"video_id": video_ids[p], "video": videos[p], "reason": reason, "num_captions": len(captions[p])}
-               for p, reason in encoded.failed.items()]
-    if not encoded.positions:
-        raise ValueError(f"none of the {len(videos)} videos could be decoded (first: {skipped[0]['reason']})")
-    if skipped:
-        logger.warning("Evaluation skips %d unreadable videos and their %d captions: %s", len(skipped),
-                       sum(s["num_captions"] for s in skipped), ", ".join(s["video_id"] for s in skipped[:10]))
-
-    texts, text_to_video = [], []
-    for column, row in enumerate(encoded.positions):  # column of the kept video in the similarity matrix
-        texts.extend(captions[row])
-        text_to_video.extend([column] * len(captions[row]))
-    text_embeddings = _cached_text_embeddings(model, processor, texts, text_batch_size, cache, model_fp,
-                                              show_progress)
-    sim = (text_embeddings.float() @ encoded.embeddings.float().T).numpy()  # [n_text, n_video]
-    metrics = compute_retrieval_metrics(sim, np.asarray(text_to_video), dsl=dsl)
-    metrics["num_skipped_videos"] = len(skipped)
-    metrics["num_skipped_captions"] = sum(s["num_captions"] for s in skipped)
-    protocol = "square" if all(len(c) == 1 for c in captions) else "multi-caption"
-    return RetrievalEvaluation(metrics=metrics, protocol=protocol, skipped=skipped)
+    embeddings = embed_split(model, processor, dataset, batch_size=batch_size, cache_dir=cache_dir,
+                             num_workers=num_workers, text_batch_size=text_batch_size, show_progress=show_progress)
+    return score_split(dataset, embeddings, dsl=dsl)
 
 
 def evaluate_retrieval(model, processor, dataset, batch_size: int = 16, cache_dir=None, dsl: bool = False,
