@@ -8,8 +8,8 @@ import torch
 from test_cli import tiny_pig
 from test_retrieval import FakeModel, FakeProcessor
 
+from modeling_pig.embedding import encode_texts, encode_videos
 from modeling_pig.metrics import compute_retrieval_metrics
-from modeling_pig.retrieval import encode_texts, encode_videos
 from training.eval_retrieval import (
     evaluate_retrieval,
     evaluate_retrieval_detailed,
@@ -47,9 +47,10 @@ def test_metrics_equal_separate_embeddings_scored_by_hand(fake, benchmark_rows):
     # the same computation by hand, without the broken video and its captions
     kept = benchmark_rows.select([0, 1, 3])
     videos = encode_videos(model, processor, kept["video"], batch_size=3, starts=kept["start"], ends=kept["end"],
-                           show_progress=False).embeddings
+                           show_progress=False)
+    assert videos.positions == [0, 1, 2] and not videos.failed
     texts = ["a man smiles", "a man talks in a car", "someone drives", "bicycles on a street"]
-    sim = (encode_texts(model, processor, texts, show_progress=False) @ videos.T).numpy()
+    sim = (encode_texts(model, processor, texts, show_progress=False) @ videos.embeddings.T).numpy()
     expected = compute_retrieval_metrics(sim, [0, 1, 1, 2])
     for key, value in expected.items():
         assert result.metrics[key] == pytest.approx(value)

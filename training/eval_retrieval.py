@@ -8,10 +8,10 @@ computed separately, in batches, then scored with one matrix product and ranked 
   protocol (one caption or one paragraph per video) and the multi-caption one (MSR-VTT full, VATEX, MSVD).
 * Unreadable videos are skipped, never silently: they are logged, counted in the metrics
   (`num_skipped_videos`, `num_skipped_captions`: their captions leave the query set) and listed in the JSON.
-* Embeddings are cached on disk (`cache_dir`): video embeddings per video file (path, clip, size, mtime)
-  under a folder keyed by the model's weights and the processor settings, written as they are computed,
-  so an interrupted run keeps its progress and a rerun reuses it; text embeddings keyed by the same and
-  the list of texts.
+* Embeddings are cached on disk (`cache_dir`): it is an `modeling_pig.embedding.EmbeddingStore`, keyed by
+  the model's weights and the processor settings, holding one vector per video file (path, clip, size,
+  mtime) and per text; videos are written as they are computed, so an interrupted run keeps its progress and
+  a rerun reuses it.
 
 Library use (the trainer, training/evaluation.py): `evaluate_retrieval(model, processor, dataset)`. Command line
 (`python -m training.eval_retrieval` works too):
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -36,16 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics
-from modeling_pig.retrieval import (
-    embedding_job_key,
+from modeling_pig.embedding import (
+    EmbeddingStore,
     encode_texts,
     encode_videos,
     model_fingerprint,
     processor_signature,
 )
+from modeling_pig.loader import load_model_and_processor
+from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics
 from training.data import load_split
 
 logger = logging.getLogger(__name__)
@@ -76,26 +75,6 @@ def _column(dataset, name: str) -> list:
         return list(dataset[name])
     raise KeyError(f"the evaluation dataset has no {name!r} column (columns: {dataset.column_names}); "
                    "expected load_benchmark rows: video_id, video, captions, start, end")
-
-
-def _cached_text_embeddings(model, processor, texts: list[str], batch_size: int, cache_dir: Path | None,
-                            model_fp: str | None, show_progress: bool) -> torch.Tensor:
-    if cache_dir is None:
-        return encode_texts(model, processor, texts, batch_size=batch_size, show_progress=show_progress)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(embedding_job_key(model_fp, processor, torch.float32).encode())
-    for text in texts:
-        digest.update(text.encode() + b"\0")
-    path = cache_dir / "texts" / f"{digest.hexdigest()}.safetensors"
-    if path.is_file():
-        logger.info("Text embeddings from cache %s", path)
-        return load_file(str(path))["embeddings"]
-    embeddings = encode_texts(model, processor, texts, batch_size=batch_size, show_progress=show_progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"embeddings": embeddings.contiguous()}, str(tmp))
-    os.replace(tmp, path)
-    return embeddings
 
 
 @dataclasses.dataclass
@@ -138,19 +117,16 @@ def embed_split(model, processor, dataset, batch_size: int = 16, cache_dir=None,
     videos, captions, _, starts, ends = _split_columns(dataset)
     if not videos:
         return SplitEmbeddings(videos=torch.empty(0, 0), kept=[], failed={}, texts=torch.empty(0, 0))
-    cache = Path(cache_dir) if cache_dir is not None else None
-    model_fp = model_fingerprint(model) if cache is not None else None
-    video_cache = None
-    if cache is not None:
-        video_cache = cache / "videos" / embedding_job_key(model_fp, processor, torch.float32)
+    section = None
+    if cache_dir is not None:
+        section = EmbeddingStore(cache_dir).section(model_fingerprint(model), processor_signature(processor))
     encoded = encode_videos(model, processor, videos, batch_size=batch_size, starts=starts, ends=ends,
-                            num_workers=num_workers, checkpoint_dir=video_cache, storage_dtype=torch.float32,
-                            show_progress=show_progress, model_fp=model_fp)
+                            num_workers=num_workers, store=section, show_progress=show_progress)
     texts = [caption for row in encoded.positions for caption in captions[row]]
     text_embeddings = torch.empty(0, 0)
     if texts:
-        text_embeddings = _cached_text_embeddings(model, processor, texts, text_batch_size, cache, model_fp,
-                                                  show_progress)
+        text_embeddings = encode_texts(model, processor, texts, batch_size=text_batch_size, store=section,
+                                       show_progress=show_progress)
     return SplitEmbeddings(videos=encoded.embeddings.float(), kept=list(encoded.positions),
                            failed=dict(encoded.failed), texts=text_embeddings.float())
 
@@ -202,7 +178,7 @@ def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16,
         processor: PIGProcessor (its `num_frames` and settings define the sampling).
         dataset: rows with `video` (path or None), `captions` (list of str), optional `video_id`, `start`, `end`.
         batch_size: videos per forward pass; `text_batch_size`: texts per forward pass.
-        cache_dir: embedding cache folder (None: no cache).
+        cache_dir: embedding store folder (None: no cache); see `modeling_pig.embedding.EmbeddingStore`.
         dsl: also report dual-softmax metrics (keys prefixed `dsl_`).
         num_workers: DataLoader workers decoding videos.
 
@@ -309,13 +285,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_model_and_processor(model_path: str, device: str = "cpu", dtype: str = "float32"):
-    """`PIGModel` + `PIGProcessor` from a folder or Hub id, on `device` in `dtype`, in eval mode."""
-    from modeling_pig import PIGModel, PIGProcessor
-
-    model = PIGModel.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
-    processor = PIGProcessor.from_pretrained(model_path)
-    return model, processor
 
 
 def main(argv=None) -> dict:
