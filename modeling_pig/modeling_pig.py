@@ -145,10 +145,11 @@ class PIGVideoOutput(BaseModelOutputWithPooling):
 def gather_features(*features: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """All-gather `[n_local, ...]` tensors from every process, with gradients, concatenated in rank order.
 
-    The one place where PIG talks to torch.distributed. Without an initialised process group (or with one
-    process) the inputs come back unchanged. `None` entries pass through. The backward of the gather sums the
-    gradients that every process's loss sends to this process's rows; with DDP's gradient averaging this gives
-    exactly the gradient of the loss over the global batch (§6.2).
+    The one place where PIG talks to torch.distributed; `forward` calls it only when its caller asks
+    (`gather_across_processes=True`), because a collective called on one rank alone waits forever. Without an
+    initialised process group (or with one process) the inputs come back unchanged. `None` entries pass
+    through. The backward of the gather sums the gradients that every process's loss sends to this process's
+    rows; with DDP's gradient averaging this gives exactly the gradient of the loss over the global batch (§6.2).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return features
@@ -667,6 +668,30 @@ class PIGModel(PIGPreTrainedModel):
         """Clamp the log-temperature to [0, logit_scale_max] in place; call after every optimiser step (§6.2)."""
         self.clip.logit_scale.clamp_(0.0, self.config.logit_scale_max)
 
+    def get_logit_scale(self) -> torch.Tensor:
+        """The contrastive logits' scale: `exp` of the learnable log-temperature clamped to [0, logit_scale_max],
+        float32 scalar (with gradients)."""
+        return self.clip.logit_scale.float().clamp(0.0, self.config.logit_scale_max).exp()
+
+    def loss_from_embeddings(self, text_embeds: torch.Tensor, video_embeds: torch.Tensor,
+                             pseudo_query_embeds: torch.Tensor | None, logit_scale: torch.Tensor,
+                             gather_across_processes: bool = False):
+        """`(loss, contrastive_loss, generation_loss)` of L2-normalised float32 embeddings `[n, D]` (row i of each
+        belongs together): InfoNCE + generation_loss_weight * L_recon, the loss `forward(return_loss=True)`
+        returns. `generation_loss` is None without pseudo-queries. With `gather_across_processes` the rows of
+        every process are all-gathered with gradients first (call it on every process). Gradient caching
+        (training/) computes the loss of a whole batch from embeddings encoded in chunks with it.
+        """
+        if gather_across_processes:
+            text_embeds, video_embeds, pseudo_query_embeds = gather_features(text_embeds, video_embeds,
+                                                                             pseudo_query_embeds)
+        contrastive = contrastive_loss(text_embeds, video_embeds, logit_scale)
+        if pseudo_query_embeds is None:
+            return contrastive, contrastive, None
+        target = text_embeds.detach() if self.config.detach_generation_target else text_embeds
+        reconstruction = generation_loss(pseudo_query_embeds, target)
+        return contrastive + self.config.generation_loss_weight * reconstruction, contrastive, reconstruction
+
     # -------------------------------------------------------------------------------------------- validation
     def _check_pixel_values(self, pixel_values) -> torch.Tensor:
         vision = self.config.clip_config.vision_config
@@ -851,16 +876,19 @@ class PIGModel(PIGPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         return_loss: bool = False,
+        gather_across_processes: bool = False,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
     ) -> PIGOutput:
         """Texts `[n_text, length]` and videos `[n_video, T, 3, H, W]` -> `PIGOutput`.
 
         With `return_loss=True` (needs `n_text == n_video`, caption i belongs to video i) the loss is
-        `InfoNCE + generation_loss_weight * L_recon` over the global batch (features all-gathered with gradients
-        under torch.distributed). Loss math runs in float32, also under autocast. As in CLIP, the towers' hidden
-        states / attentions (when asked) are in `text_model_output` / `video_model_output`, and
-        `return_dict=False` gives a tuple.
+        `InfoNCE + generation_loss_weight * L_recon` over this call's batch. With `gather_across_processes=True`
+        as well (a data-parallel trainer, on every process at once) it spans the global batch: the features of
+        every process are all-gathered with gradients first (`gather_features`). Without it no collective runs,
+        so a forward on one rank alone never waits for the others. Loss math runs in float32, also under
+        autocast. As in CLIP, the towers' hidden states / attentions (when asked) are in `text_model_output` /
+        `video_model_output`, and `return_dict=False` gives a tuple.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError(
@@ -883,18 +911,13 @@ class PIGModel(PIGPreTrainedModel):
             pseudo_query_embeds = None
             if video_out.pseudo_query_embeds is not None:
                 pseudo_query_embeds = F.normalize(video_out.pseudo_query_embeds.float(), dim=-1)
-            logit_scale = self.clip.logit_scale.float().clamp(0.0, self.config.logit_scale_max).exp()
+            logit_scale = self.get_logit_scale()
             logits_per_text = logit_scale * text_embeds @ video_embeds.t()  # [n_text, n_video]
 
             loss = contrastive = reconstruction = None
             if return_loss:
-                all_text, all_video, all_pseudo = gather_features(text_embeds, video_embeds, pseudo_query_embeds)
-                contrastive = contrastive_loss(all_text, all_video, logit_scale)
-                loss = contrastive
-                if all_pseudo is not None:
-                    target = all_text.detach() if self.config.detach_generation_target else all_text
-                    reconstruction = generation_loss(all_pseudo, target)
-                    loss = contrastive + self.config.generation_loss_weight * reconstruction
+                loss, contrastive, reconstruction = self.loss_from_embeddings(
+                    text_embeds, video_embeds, pseudo_query_embeds, logit_scale, gather_across_processes)
 
         return PIGOutput(
             loss=loss,
