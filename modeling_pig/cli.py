@@ -3,6 +3,7 @@
     pig index VIDEO_DIR --model MODEL --out INDEX [--recursive] [--batch_size 16] [--num_workers 2]
     pig search INDEX "a man plays a guitar" [-k 5]
     pig info INDEX
+    pig convert --from pig|fpig|clip-vip|clip4clip CHECKPOINT --out DIR [--clip CLIP] [--config CONFIG.json]
 
 `index` embeds every video once (resumable: rerun the same command after an interruption), skips and
 lists unreadable files, and writes the index folder (see `modeling_pig.retrieval.VideoIndex`). The index
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .convert import add_convert_parser, run_convert
 from .retrieval import BACKENDS, DEFAULT_FAISS_THRESHOLD, VideoIndex, find_videos
 
 logger = logging.getLogger("modeling_pig.cli")
@@ -59,6 +61,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe an index (size, backend, unreadable videos, FAISS recall)")
     info.add_argument("index")
+
+    add_convert_parser(sub)  # `pig convert`: modeling_pig/convert.py
     return parser
 
 
@@ -138,7 +142,7 @@ def main(argv=None) -> int:
     """Entry point of the `pig` console script."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info}
+    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "convert": run_convert}
     return commands[args.command](args)
 
 
