@@ -227,6 +227,11 @@ def convert_checkpoint(source: str, checkpoint, out_dir, *, clip=None, config=No
     if pig_init:
         _init_new_modules(model, keys)
 
+    image_size = pig_config.clip_config.vision_config.image_size
+    input_res = None if source_config is None else source_config.get("input_res", None)
+    if input_res is not None and list(input_res) != [image_size, image_size]:
+        raise ConversionError(f"{source_config.path}: input_res = {input_res}, but the checkpoint's vision tower "
+                              f"takes {image_size} x {image_size} frames")
     text = pig_config.clip_config.text_config
     if processor_settings["max_length"] > text.max_position_embeddings:
         raise ConversionError(f"max text length {processor_settings['max_length']} exceeds the "
@@ -238,8 +243,7 @@ def convert_checkpoint(source: str, checkpoint, out_dir, *, clip=None, config=No
             raise ConversionError(f"the tokenizer's <|startoftext|>/<|endoftext|> ids {ids} differ from the rows "
                                   f"{bos_eos} used for the generator's [bos]/[eos]")
     try:
-        processor = PIGProcessor(tokenizer=tokenizer, image_size=pig_config.clip_config.vision_config.image_size,
-                                 **processor_settings)
+        processor = PIGProcessor(tokenizer=tokenizer, image_size=image_size, **processor_settings)
     except ValueError as err:
         raise ConversionError(f"processor settings read from the source are invalid: {err}") from None
 

@@ -18,6 +18,14 @@ from torch import nn
 VOCAB, BOS, EOS = 49408, 49406, 49407
 
 
+def text_heads(dims):
+    return dims.get("text_heads", dims.get("heads"))
+
+
+def vision_heads(dims):
+    return dims.get("vision_heads", dims.get("heads"))
+
+
 def quick_gelu(x):
     return x * torch.sigmoid(1.702 * x)
 
@@ -114,7 +122,7 @@ class TextTransformer(nn.Module):
     def __init__(self, width, heads, layers, positions=77):
         super().__init__()
         self.embeddings = TextEmbeddings(width, positions)
-        self.encoder = Encoder(width, heads, 2 * width, layers)
+        self.encoder = Encoder(width, heads, 4 * width, layers)
         self.final_layer_norm = nn.LayerNorm(width)
 
     def forward(self, input_ids, attention_mask):
@@ -170,7 +178,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.embeddings = ViPEmbeddings(width, image, patch, frames, proxies, frame_cls, temporal)
         self.pre_layrnorm = nn.LayerNorm(width)
-        self.encoder = Encoder(width, heads, 2 * width, layers)
+        self.encoder = Encoder(width, heads, 4 * width, layers)
         self.post_layernorm = nn.LayerNorm(width)
 
     def forward(self, video):
@@ -182,8 +190,8 @@ class VisionTransformer(nn.Module):
 class CLIPModel(nn.Module):
     def __init__(self, dims, frame_cls=True, temporal=True):
         super().__init__()
-        self.text_model = TextTransformer(dims["text"], dims["heads"], dims["layers"])
-        self.vision_model = VisionTransformer(dims["vision"], dims["heads"], dims["layers"], dims["image"],
+        self.text_model = TextTransformer(dims["text"], text_heads(dims), dims["layers"])
+        self.vision_model = VisionTransformer(dims["vision"], vision_heads(dims), dims["layers"], dims["image"],
                                               dims["patch"], dims["frames"], dims["proxies"], frame_cls, temporal)
         self.visual_projection = nn.Linear(dims["vision"], dims["proj"], bias=False)
         self.text_projection = nn.Linear(dims["text"], dims["proj"], bias=False)
@@ -212,7 +220,7 @@ class CLIPFeatureReconstructor(nn.Module):
     def __init__(self, dims, fpig):
         super().__init__()
         self.embeddings = TextEmbeddings(dims["text"], 77, token_table=not fpig)  # F-Pig deletes the table
-        self.encoder = Encoder(dims["text"], dims["heads"], 2 * dims["text"], dims["layers"])
+        self.encoder = Encoder(dims["text"], text_heads(dims), 4 * dims["text"], dims["layers"])
         self.final_layer_norm = nn.LayerNorm(dims["text"])
         if fpig:
             self.text_projection = nn.Linear(dims["text"], dims["proj"], bias=False)
@@ -358,9 +366,9 @@ class VisualTransformer(nn.Module):
 class OpenAICLIP(nn.Module):
     def __init__(self, dims):
         super().__init__()
-        self.visual = VisualTransformer(dims["vision"], dims["heads"], dims["layers"], dims["image"], dims["patch"],
-                                        dims["proj"])
-        self.transformer = Transformer(dims["text"], dims["heads"], dims["layers"])
+        self.visual = VisualTransformer(dims["vision"], vision_heads(dims), dims["layers"], dims["image"],
+                                        dims["patch"], dims["proj"])
+        self.transformer = Transformer(dims["text"], text_heads(dims), dims["layers"])
         self.token_embedding = nn.Embedding(VOCAB, dims["text"])
         self.positional_embedding = nn.Parameter(torch.empty(77, dims["text"]))
         self.ln_final = nn.LayerNorm(dims["text"])
