@@ -8,11 +8,9 @@ import torch
 from test_cli import tiny_pig
 from test_retrieval import FakeModel, FakeProcessor
 
+from modeling_pig.embedding import encode_texts, encode_videos
 from modeling_pig.metrics import compute_retrieval_metrics
-from modeling_pig.video_io import VideoDecodeError
 from training.evaluate import (
-    embed_texts,
-    embed_videos,
     evaluate_retrieval,
     evaluate_retrieval_detailed,
     main,
@@ -48,10 +46,11 @@ def test_metrics_equal_separate_embeddings_scored_by_hand(fake, benchmark_rows):
     result = evaluate_retrieval_detailed(model, processor, benchmark_rows, batch_size=2, show_progress=False)
     # the same computation by hand, without the broken video and its captions
     kept = benchmark_rows.select([0, 1, 3])
-    videos = embed_videos(model, processor, kept["video"], batch_size=3, starts=kept["start"], ends=kept["end"],
-                          show_progress=False)
+    videos = encode_videos(model, processor, kept["video"], batch_size=3, starts=kept["start"], ends=kept["end"],
+                           show_progress=False)
+    assert videos.positions == [0, 1, 2] and not videos.failed
     texts = ["a man smiles", "a man talks in a car", "someone drives", "bicycles on a street"]
-    sim = (embed_texts(model, processor, texts, show_progress=False) @ videos.T).numpy()
+    sim = (encode_texts(model, processor, texts, show_progress=False) @ videos.embeddings.T).numpy()
     expected = compute_retrieval_metrics(sim, [0, 1, 1, 2])
     for key, value in expected.items():
         assert result.metrics[key] == pytest.approx(value)
@@ -67,17 +66,11 @@ def test_unreadable_videos_are_skipped_and_reported(fake, benchmark_rows):
     assert "broken.mp4" in result.skipped[0]["reason"] and result.skipped[0]["num_captions"] == 2
 
 
-def test_embed_videos_raises_on_an_unreadable_video(fake, benchmark_rows):
-    model, processor = fake
-    with pytest.raises(VideoDecodeError, match="broken.mp4"):
-        embed_videos(model, processor, benchmark_rows["video"], show_progress=False)
-
-
 def test_clip_bounds_change_the_video_embedding(fake, benchmark_rows):
     model, processor = fake
     path = benchmark_rows["video"][3]
-    whole, clip = embed_videos(model, processor, [path, path], starts=[None, 0.0], ends=[None, 2.0],
-                               show_progress=False)
+    whole, clip = encode_videos(model, processor, [path, path], starts=[None, 0.0], ends=[None, 2.0],
+                                show_progress=False).embeddings
     assert not torch.allclose(whole, clip)
 
 

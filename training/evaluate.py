@@ -8,10 +8,10 @@ computed separately, in batches, then scored with one matrix product and ranked 
   protocol (one caption or one paragraph per video) and the multi-caption one (MSR-VTT full, VATEX, MSVD).
 * Unreadable videos are skipped, never silently: they are logged, counted in the metrics
   (`num_skipped_videos`, `num_skipped_captions`: their captions leave the query set) and listed in the JSON.
-* Embeddings are cached on disk (`cache_dir`): video embeddings per video file (path, clip, size, mtime)
-  under a folder keyed by the model's weights and the processor settings, written as they are computed,
-  so an interrupted run keeps its progress and a rerun reuses it; text embeddings keyed by the same and
-  the list of texts.
+* Embeddings are cached on disk (`cache_dir`): it is an `modeling_pig.embedding.EmbeddingStore`, keyed by
+  the model's weights and the processor settings, holding one vector per video file (path, clip, size,
+  mtime) and per text; videos are written as they are computed, so an interrupted run keeps its progress and
+  a rerun reuses it.
 
 Library use (the trainer): `evaluate_retrieval(model, processor, dataset)`. Command line:
 
@@ -34,7 +34,6 @@ if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -42,48 +41,20 @@ from typing import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
 
-from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics  # noqa: E402
-from modeling_pig.retrieval import (  # noqa: E402
-    embedding_job_key,
+from modeling_pig.embedding import (  # noqa: E402
+    EmbeddingStore,
     encode_texts,
     encode_videos,
     model_fingerprint,
     processor_signature,
 )
+from modeling_pig.loader import load_model_and_processor  # noqa: E402
+from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pig-hf" / "eval"
-
-
-# ------------------------------------------------------------------------------------------------------
-# Embedding (the agreed interface)
-
-
-def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 256, show_progress: bool = True
-                ) -> torch.Tensor:
-    """Text-tower embeddings: float32 CPU tensor `[len(texts), D]`, L2-normalised."""
-    return encode_texts(model, processor, texts, batch_size=batch_size, show_progress=show_progress)
-
-
-def embed_videos(model, processor, video_paths: Sequence[str], batch_size: int = 16,
-                 starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
-                 num_workers: int = 0, show_progress: bool = True) -> torch.Tensor:
-    """Video-tower embeddings: float32 CPU tensor `[len(video_paths), D]`, L2-normalised.
-
-    Every video must decode: one that does not raises `VideoDecodeError` naming it (use
-    `modeling_pig.retrieval.encode_videos` to skip and report instead, as `evaluate_retrieval` does).
-    """
-    from modeling_pig.video_io import VideoDecodeError
-
-    encoded = encode_videos(model, processor, video_paths, batch_size=batch_size, starts=starts, ends=ends,
-                            num_workers=num_workers, show_progress=show_progress)
-    if encoded.failed:
-        listed = "; ".join(encoded.failed[p] for p in list(encoded.failed)[:3])
-        raise VideoDecodeError(f"{len(encoded.failed)} of {len(video_paths)} videos could not be decoded: {listed}")
-    return encoded.embeddings
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -111,26 +82,6 @@ def _column(dataset, name: str) -> list:
                    "expected load_benchmark rows: video_id, video, captions, start, end")
 
 
-def _cached_text_embeddings(model, processor, texts: list[str], batch_size: int, cache_dir: Path | None,
-                            model_fp: str | None, show_progress: bool) -> torch.Tensor:
-    if cache_dir is None:
-        return encode_texts(model, processor, texts, batch_size=batch_size, show_progress=show_progress)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(embedding_job_key(model_fp, processor, torch.float32).encode())
-    for text in texts:
-        digest.update(text.encode() + b"\0")
-    path = cache_dir / "texts" / f"{digest.hexdigest()}.safetensors"
-    if path.is_file():
-        logger.info("Text embeddings from cache %s", path)
-        return load_file(str(path))["embeddings"]
-    embeddings = encode_texts(model, processor, texts, batch_size=batch_size, show_progress=show_progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"embeddings": embeddings.contiguous()}, str(tmp))
-    os.replace(tmp, path)
-    return embeddings
-
-
 def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16, cache_dir=None, dsl: bool = False,
                                 num_workers: int = 0, text_batch_size: int = 256, show_progress: bool = True
                                 ) -> RetrievalEvaluation:
@@ -141,7 +92,7 @@ def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16,
         processor: PIGProcessor (its `num_frames` and settings define the sampling).
         dataset: rows with `video` (path or None), `captions` (list of str), optional `video_id`, `start`, `end`.
         batch_size: videos per forward pass; `text_batch_size`: texts per forward pass.
-        cache_dir: embedding cache folder (None: no cache).
+        cache_dir: embedding store folder (None: no cache); see `modeling_pig.embedding.EmbeddingStore`.
         dsl: also report dual-softmax metrics (keys prefixed `dsl_`).
         num_workers: DataLoader workers decoding videos.
 
@@ -161,14 +112,11 @@ def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16,
             raise ValueError(f"row {row} (video_id {video_id!r}) has no caption or an empty one: {row_captions!r}; "
                              "every video needs at least one non-empty caption")
 
-    cache = Path(cache_dir) if cache_dir is not None else None
-    model_fp = model_fingerprint(model) if cache is not None else None
-    video_cache = None
-    if cache is not None:
-        video_cache = cache / "videos" / embedding_job_key(model_fp, processor, torch.float32)
+    section = None
+    if cache_dir is not None:
+        section = EmbeddingStore(cache_dir).section(model_fingerprint(model), processor_signature(processor))
     encoded = encode_videos(model, processor, videos, batch_size=batch_size, starts=starts, ends=ends,
-                            num_workers=num_workers, checkpoint_dir=video_cache, storage_dtype=torch.float32,
-                            show_progress=show_progress, model_fp=model_fp)
+                            num_workers=num_workers, store=section, show_progress=show_progress)
     skipped = [{"video_id": video_ids[p], "video": videos[p], "reason": reason, "num_captions": len(captions[p])}
                for p, reason in encoded.failed.items()]
     if not encoded.positions:
@@ -181,8 +129,8 @@ def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16,
     for column, row in enumerate(encoded.positions):  # column of the kept video in the similarity matrix
         texts.extend(captions[row])
         text_to_video.extend([column] * len(captions[row]))
-    text_embeddings = _cached_text_embeddings(model, processor, texts, text_batch_size, cache, model_fp,
-                                              show_progress)
+    text_embeddings = encode_texts(model, processor, texts, batch_size=text_batch_size, store=section,
+                                   show_progress=show_progress)
     sim = (text_embeddings.float() @ encoded.embeddings.float().T).numpy()  # [n_text, n_video]
     metrics = compute_retrieval_metrics(sim, np.asarray(text_to_video), dsl=dsl)
     metrics["num_skipped_videos"] = len(skipped)
@@ -281,15 +229,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_length", type=int, default=None,
                         help="override the processor's text length in tokens (e.g. 64 for paragraphs)")
     return parser.parse_args(argv)
-
-
-def load_model_and_processor(model_path: str, device: str = "cpu", dtype: str = "float32"):
-    """`PIGModel` + `PIGProcessor` from a folder or Hub id, on `device` in `dtype`, in eval mode."""
-    from modeling_pig import PIGModel, PIGProcessor
-
-    model = PIGModel.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
-    processor = PIGProcessor.from_pretrained(model_path)
-    return model, processor
 
 
 def load_split(benchmark: str, data_dir: str, config: str | None, split: str, video_dir: str | None,
