@@ -203,14 +203,15 @@ class PIGViPEmbeddings(nn.Module):
 
     CLIP's own patch, class and position embeddings are passed in at call time (they stay under `clip.`):
     this module holds only `proxy_tokens` [N, D] (std-1 init, §10 row 17), the shared `frame_cls` [D]
-    (a copy of CLIP's class embedding, §10 row 12) and `temporal_embedding` [1, num_frames, D] (zeros).
+    (a copy of CLIP's class embedding, §10 row 12; absent with `use_frame_cls=False`, the original CLIP-ViP
+    layout) and `temporal_embedding` [1, num_frames, D] (zeros).
     """
 
     def __init__(self, config: PIGConfig):
         super().__init__()
         hidden_size = config.clip_config.vision_config.hidden_size
         self.proxy_tokens = nn.Parameter(torch.empty(config.num_proxy_tokens, hidden_size))
-        self.frame_cls = nn.Parameter(torch.empty(hidden_size))
+        self.frame_cls = nn.Parameter(torch.empty(hidden_size)) if config.use_frame_cls else None
         self.temporal_embedding = nn.Parameter(torch.zeros(1, config.num_frames, hidden_size))
 
     def temporal_table(self, num_frames: int) -> torch.Tensor:
@@ -221,7 +222,8 @@ class PIGViPEmbeddings(nn.Module):
         return table[0]
 
     def forward(self, pixel_values: torch.Tensor, clip_embeddings: CLIPVisionEmbeddings) -> torch.Tensor:
-        """`[B, T, 3, H, W]` -> `[B, M + T * (1 + P), D]` (before CLIP's pre-LN)."""
+        """`[B, T, 3, H, W]` -> `[B, M + T * (1 + P), D]` (before CLIP's pre-LN); `[B, M + T * P, D]` without
+        frame-CLS tokens."""
         batch, num_frames = pixel_values.shape[:2]
         frames = pixel_values.flatten(0, 1).to(clip_embeddings.patch_embedding.weight.dtype)  # [B*T, 3, H, W]
         patches = clip_embeddings.patch_embedding(frames).flatten(2).transpose(1, 2)  # [B*T, P, D]
@@ -229,10 +231,12 @@ class PIGViPEmbeddings(nn.Module):
         positions = clip_embeddings.position_embedding.weight  # [1 + P, D]
         temporal = self.temporal_table(num_frames)  # [T, D]
 
-        patches = patches.view(batch, num_frames, num_patches, hidden) + positions[1:] + temporal[:, None]
-        frame_cls = (self.frame_cls + positions[0] + temporal)[None, :, None].expand(batch, -1, -1, -1)  # [B,T,1,D]
-        frames = torch.cat([frame_cls.to(patches.dtype), patches], dim=2)  # [B, T, 1 + P, D]
-        frames = frames.reshape(batch, num_frames * (1 + num_patches), hidden)  # [B, T*L, D]
+        frames = patches.view(batch, num_frames, num_patches, hidden) + positions[1:] + temporal[:, None]
+        if self.frame_cls is not None:
+            frame_cls = (self.frame_cls + positions[0] + temporal)[None, :, None]  # [1, T, 1, D]
+            frame_cls = frame_cls.expand(batch, -1, -1, -1)
+            frames = torch.cat([frame_cls.to(frames.dtype), frames], dim=2)  # [B, T, 1 + P, D]
+        frames = frames.reshape(batch, -1, hidden)  # [B, T*L, D]
 
         global_tokens = torch.cat([clip_embeddings.class_embedding[None], self.proxy_tokens], dim=0) + positions[0]
         global_tokens = global_tokens[None].expand(batch, -1, -1).to(frames.dtype)  # [B, M, D]
@@ -415,7 +419,8 @@ class PIGPseudoQueryGenerator(nn.Module):
 
     Parameters (under `generator.`): `video_mapper` (Linear projection_dim -> text width), `bos_embedding` /
     `eos_embedding` (slots initialised from CLIP's `<|startoftext|>` / `<|endoftext|>` token rows; trainable unless
-    `learnable_bos_eos=False`), `position_embedding`, `encoder.layers.*` and `final_layer_norm` (CLIP text names),
+    `learnable_bos_eos=False`; no `bos_embedding` with `generator_use_bos=False`), `position_embedding`,
+    `encoder.layers.*` and `final_layer_norm` (CLIP text names),
     `text_projection` (copy of CLIP's, if `generator_output_projection`). No token-embedding table (§10 row 18).
     """
 
@@ -425,12 +430,14 @@ class PIGPseudoQueryGenerator(nn.Module):
         projection_dim = config.clip_config.projection_dim
         self.text_config = text_config  # for the causal-mask helper (attention implementation)
         self.video_mapper = nn.Linear(projection_dim, width)
-        if config.learnable_bos_eos:
-            self.bos_embedding = nn.Parameter(torch.empty(width))
-            self.eos_embedding = nn.Parameter(torch.empty(width))
-        else:
-            self.register_buffer("bos_embedding", torch.empty(width))
-            self.register_buffer("eos_embedding", torch.empty(width))
+        slots = ("bos_embedding", "eos_embedding") if config.generator_use_bos else ("eos_embedding",)
+        if not config.generator_use_bos:
+            self.bos_embedding = None
+        for name in slots:
+            if config.learnable_bos_eos:
+                setattr(self, name, nn.Parameter(torch.empty(width)))
+            else:
+                self.register_buffer(name, torch.empty(width))
         self.position_embedding = nn.Embedding(text_config.max_position_embeddings, width)
         self.encoder = CLIPEncoder(text_config)
         self.final_layer_norm = nn.LayerNorm(width, eps=text_config.layer_norm_eps)
@@ -453,7 +460,8 @@ class PIGPseudoQueryGenerator(nn.Module):
             source_params = dict(source.named_parameters())
             pairs.extend((param, source_params[name]) for name, param in target.named_parameters())
         token_table = text.embeddings.token_embedding.weight
-        pairs.append((self.bos_embedding, token_table[bos_token_id]))
+        if self.bos_embedding is not None:
+            pairs.append((self.bos_embedding, token_table[bos_token_id]))
         pairs.append((self.eos_embedding, token_table[eos_token_id]))
         return pairs
 
@@ -461,9 +469,11 @@ class PIGPseudoQueryGenerator(nn.Module):
         """`[B, n, projection_dim]` tokens in the order [CLS, proxies, frame-CLS, ITS] -> pseudo-query `[B, dim]`."""
         mapped = self.video_mapper(video_tokens)  # [B, n, W]
         batch = mapped.shape[0]
-        bos = self.bos_embedding.to(mapped.dtype).expand(batch, 1, -1)
         eos = self.eos_embedding.to(mapped.dtype).expand(batch, 1, -1)
-        sequence = torch.cat([bos, mapped, eos], dim=1)  # [B, n + 2, W]
+        pieces = [mapped, eos]
+        if self.bos_embedding is not None:
+            pieces.insert(0, self.bos_embedding.to(mapped.dtype).expand(batch, 1, -1))
+        sequence = torch.cat(pieces, dim=1)  # [B, n + 2, W] ([B, n + 1, W] without [bos])
         positions = torch.arange(sequence.shape[1], device=sequence.device)
         sequence = sequence + self.position_embedding(positions)
         no_cache = {_CAUSAL_MASK_CACHE_ARGUMENT: None}
@@ -542,7 +552,8 @@ class PIGPreTrainedModel(PreTrainedModel):
         if isinstance(module, PIGViPEmbeddings):
             init.normal_(module.proxy_tokens, mean=0.0, std=1.0)
             init.zeros_(module.temporal_embedding)
-            init.copy_(module.frame_cls, self.clip.vision_model.embeddings.class_embedding)
+            if module.frame_cls is not None:
+                init.copy_(module.frame_cls, self.clip.vision_model.embeddings.class_embedding)
         elif isinstance(module, PIGPseudoQueryGenerator):
             for target, source in module.clip_weight_pairs(
                 self.clip, self.config.generator_bos_token_id, self.config.generator_eos_token_id
@@ -654,7 +665,7 @@ class PIGModel(PIGPreTrainedModel):
         `from_clip` calls this after loading CLIP (the same copies `_init_weights` makes at construction).
         Never call it on a trained PIG model: it overwrites the generator.
         """
-        if self.vip is not None:
+        if self.vip is not None and self.vip.frame_cls is not None:
             self.vip.frame_cls.copy_(self.clip.vision_model.embeddings.class_embedding)
         if self.generator is not None:
             for target, source in self.generator.clip_weight_pairs(
