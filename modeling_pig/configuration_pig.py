@@ -78,6 +78,14 @@ class PIGConfig(PreTrainedConfig):
         logit_scale_max (`float`, defaults to ln 200):
             Upper clamp of the log-temperature (lower clamp is 0), applied in `forward` and by
             `PIGModel.clamp_logit_scale_()` after each optimiser step.
+        use_frame_cls (`bool`, defaults to `True`):
+            Put one (shared) frame-CLS token in front of every frame's patches (PIG / F-Pig's ViP tower, §2.3).
+            `False` is the original CLIP-ViP layout (microsoft/XPretrain: frames are their patches only), needed
+            to reproduce CLIP-ViP checkpoints exactly; the generator reads frame-CLS tokens, so `False` requires
+            `use_pseudo_query=False`.
+        generator_use_bos (`bool`, defaults to `True`):
+            Prepend the [bos] slot to the generator input (`use_bos_embeds=1`, §10 row 5). `False` is F-Pig's
+            B/32 release config (`use_bos_embeds=0`): the sequence is `[video tokens, eos]` and there is no [bos].
         learnable_bos_eos (`bool`, defaults to `True`):
             The generator's [bos]/[eos] slots are trainable parameters ([FPIG], §10 row 4); `False` keeps them
             as fixed (saved) buffers ([PIG]).
@@ -112,6 +120,8 @@ class PIGConfig(PreTrainedConfig):
     logit_scale_init_value: float | int = validated_field(_requires("finite", math.isfinite), default=4.60)
     logit_scale_max: float | int = validated_field(_requires("> 0 and finite", lambda v: 0 < v < math.inf),
                                                    default=math.log(200.0))
+    use_frame_cls: bool = True
+    generator_use_bos: bool = True
     learnable_bos_eos: bool = True
     generator_output_projection: bool = True
     generator_bos_token_id: int | None = None
@@ -149,9 +159,10 @@ class PIGConfig(PreTrainedConfig):
         return NUM_CLASS_TOKENS + self.num_proxy_tokens
 
     def generator_sequence_length(self, num_frames: int | None = None) -> int:
-        """Length of the generator input `[bos, CLS, proxies, frame-CLS x T, ITS top-k, eos]` (34 for B/32, T=12)."""
+        """Length of the generator input `[bos, CLS, proxies, frame-CLS x T, ITS top-k, eos]` (34 for B/32, T=12;
+        one less without the [bos] slot)."""
         frames = self.num_frames if num_frames is None else num_frames
-        return 1 + self.num_global_tokens + frames + self.its_top_k + 1
+        return int(self.generator_use_bos) + self.num_global_tokens + frames + self.its_top_k + 1
 
     # -------------------------------------------------------------------------------------------------- validation
     # Types and single-field ranges are checked by `@strict` on every assignment (the field validators above);
@@ -168,6 +179,11 @@ class PIGConfig(PreTrainedConfig):
             raise ValueError(
                 "PIGConfig.use_pseudo_query=True needs video_tower='vip' (the generator reads the ViP proxy and "
                 "frame-CLS tokens); the meanP baseline is video_tower='meanp' with use_pseudo_query=False"
+            )
+        if not self.use_frame_cls and self.use_pseudo_query:
+            raise ValueError(
+                "PIGConfig.use_frame_cls=False needs use_pseudo_query=False (the pseudo-query generator and the "
+                "pseudo interaction read the frame-CLS tokens); it is the original CLIP-ViP baseline layout"
             )
         vision = self.clip_config.vision_config
         if vision.image_size % vision.patch_size != 0:
@@ -189,7 +205,8 @@ class PIGConfig(PreTrainedConfig):
         length = self.generator_sequence_length()
         if length > text.max_position_embeddings:
             raise ValueError(
-                f"PIGConfig: the generator sequence [bos, {self.num_global_tokens} global, {self.num_frames} "
+                f"PIGConfig: the generator sequence [{'bos, ' if self.generator_use_bos else ''}"
+                f"{self.num_global_tokens} global, {self.num_frames} "
                 f"frame-CLS, its_top_k={self.its_top_k}, eos] has {length} tokens, more than the text position "
                 f"table (clip_config.text_config.max_position_embeddings={text.max_position_embeddings})"
             )

@@ -147,10 +147,11 @@ class PIGVideoOutput(BaseModelOutputWithPooling):
 def gather_features(*features: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """All-gather `[n_local, ...]` tensors from every process, with gradients, concatenated in rank order.
 
-    The one place where PIG talks to torch.distributed. Without an initialised process group (or with one
-    process) the inputs come back unchanged. `None` entries pass through. The backward of the gather sums the
-    gradients that every process's loss sends to this process's rows; with DDP's gradient averaging this gives
-    exactly the gradient of the loss over the global batch (§6.2).
+    The one place where PIG talks to torch.distributed; `forward` calls it only when its caller asks
+    (`gather_across_processes=True`), because a collective called on one rank alone waits forever. Without an
+    initialised process group (or with one process) the inputs come back unchanged. `None` entries pass
+    through. The backward of the gather sums the gradients that every process's loss sends to this process's
+    rows; with DDP's gradient averaging this gives exactly the gradient of the loss over the global batch (§6.2).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return features
@@ -204,14 +205,15 @@ class PIGViPEmbeddings(nn.Module):
 
     CLIP's own patch, class and position embeddings are passed in at call time (they stay under `clip.`):
     this module holds only `proxy_tokens` [N, D] (std-1 init, §10 row 17), the shared `frame_cls` [D]
-    (a copy of CLIP's class embedding, §10 row 12) and `temporal_embedding` [1, num_frames, D] (zeros).
+    (a copy of CLIP's class embedding, §10 row 12; absent with `use_frame_cls=False`, the original CLIP-ViP
+    layout) and `temporal_embedding` [1, num_frames, D] (zeros).
     """
 
     def __init__(self, config: PIGConfig):
         super().__init__()
         hidden_size = config.clip_config.vision_config.hidden_size
         self.proxy_tokens = nn.Parameter(torch.empty(config.num_proxy_tokens, hidden_size))
-        self.frame_cls = nn.Parameter(torch.empty(hidden_size))
+        self.frame_cls = nn.Parameter(torch.empty(hidden_size)) if config.use_frame_cls else None
         self.temporal_embedding = nn.Parameter(torch.zeros(1, config.num_frames, hidden_size))
 
     def temporal_table(self, num_frames: int) -> torch.Tensor:
@@ -222,7 +224,8 @@ class PIGViPEmbeddings(nn.Module):
         return table[0]
 
     def forward(self, pixel_values: torch.Tensor, clip_embeddings: CLIPVisionEmbeddings) -> torch.Tensor:
-        """`[B, T, 3, H, W]` -> `[B, M + T * (1 + P), D]` (before CLIP's pre-LN)."""
+        """`[B, T, 3, H, W]` -> `[B, M + T * (1 + P), D]` (before CLIP's pre-LN); `[B, M + T * P, D]` without
+        frame-CLS tokens."""
         batch, num_frames = pixel_values.shape[:2]
         frames = pixel_values.flatten(0, 1).to(clip_embeddings.patch_embedding.weight.dtype)  # [B*T, 3, H, W]
         patches = clip_embeddings.patch_embedding(frames).flatten(2).transpose(1, 2)  # [B*T, P, D]
@@ -230,10 +233,12 @@ class PIGViPEmbeddings(nn.Module):
         positions = clip_embeddings.position_embedding.weight  # [1 + P, D]
         temporal = self.temporal_table(num_frames)  # [T, D]
 
-        patches = patches.view(batch, num_frames, num_patches, hidden) + positions[1:] + temporal[:, None]
-        frame_cls = (self.frame_cls + positions[0] + temporal)[None, :, None].expand(batch, -1, -1, -1)  # [B,T,1,D]
-        frames = torch.cat([frame_cls.to(patches.dtype), patches], dim=2)  # [B, T, 1 + P, D]
-        frames = frames.reshape(batch, num_frames * (1 + num_patches), hidden)  # [B, T*L, D]
+        frames = patches.view(batch, num_frames, num_patches, hidden) + positions[1:] + temporal[:, None]
+        if self.frame_cls is not None:
+            frame_cls = (self.frame_cls + positions[0] + temporal)[None, :, None]  # [1, T, 1, D]
+            frame_cls = frame_cls.expand(batch, -1, -1, -1)
+            frames = torch.cat([frame_cls.to(frames.dtype), frames], dim=2)  # [B, T, 1 + P, D]
+        frames = frames.reshape(batch, -1, hidden)  # [B, T*L, D]
 
         global_tokens = torch.cat([clip_embeddings.class_embedding[None], self.proxy_tokens], dim=0) + positions[0]
         global_tokens = global_tokens[None].expand(batch, -1, -1).to(frames.dtype)  # [B, M, D]
@@ -416,7 +421,8 @@ class PIGPseudoQueryGenerator(nn.Module):
 
     Parameters (under `generator.`): `video_mapper` (Linear projection_dim -> text width), `bos_embedding` /
     `eos_embedding` (slots initialised from CLIP's `<|startoftext|>` / `<|endoftext|>` token rows; trainable unless
-    `learnable_bos_eos=False`), `position_embedding`, `encoder.layers.*` and `final_layer_norm` (CLIP text names),
+    `learnable_bos_eos=False`; no `bos_embedding` with `generator_use_bos=False`), `position_embedding`,
+    `encoder.layers.*` and `final_layer_norm` (CLIP text names),
     `text_projection` (copy of CLIP's, if `generator_output_projection`). No token-embedding table (§10 row 18).
     """
 
@@ -426,12 +432,14 @@ class PIGPseudoQueryGenerator(nn.Module):
         projection_dim = config.clip_config.projection_dim
         self.text_config = text_config  # for the causal-mask helper (attention implementation)
         self.video_mapper = nn.Linear(projection_dim, width)
-        if config.learnable_bos_eos:
-            self.bos_embedding = nn.Parameter(torch.empty(width))
-            self.eos_embedding = nn.Parameter(torch.empty(width))
-        else:
-            self.register_buffer("bos_embedding", torch.empty(width))
-            self.register_buffer("eos_embedding", torch.empty(width))
+        slots = ("bos_embedding", "eos_embedding") if config.generator_use_bos else ("eos_embedding",)
+        if not config.generator_use_bos:
+            self.bos_embedding = None
+        for name in slots:
+            if config.learnable_bos_eos:
+                setattr(self, name, nn.Parameter(torch.empty(width)))
+            else:
+                self.register_buffer(name, torch.empty(width))
         self.position_embedding = nn.Embedding(text_config.max_position_embeddings, width)
         self.encoder = CLIPEncoder(text_config)
         self.final_layer_norm = nn.LayerNorm(width, eps=text_config.layer_norm_eps)
@@ -454,7 +462,8 @@ class PIGPseudoQueryGenerator(nn.Module):
             source_params = dict(source.named_parameters())
             pairs.extend((param, source_params[name]) for name, param in target.named_parameters())
         token_table = text.embeddings.token_embedding.weight
-        pairs.append((self.bos_embedding, token_table[bos_token_id]))
+        if self.bos_embedding is not None:
+            pairs.append((self.bos_embedding, token_table[bos_token_id]))
         pairs.append((self.eos_embedding, token_table[eos_token_id]))
         return pairs
 
@@ -462,9 +471,11 @@ class PIGPseudoQueryGenerator(nn.Module):
         """`[B, n, projection_dim]` tokens in the order [CLS, proxies, frame-CLS, ITS] -> pseudo-query `[B, dim]`."""
         mapped = self.video_mapper(video_tokens)  # [B, n, W]
         batch = mapped.shape[0]
-        bos = self.bos_embedding.to(mapped.dtype).expand(batch, 1, -1)
         eos = self.eos_embedding.to(mapped.dtype).expand(batch, 1, -1)
-        sequence = torch.cat([bos, mapped, eos], dim=1)  # [B, n + 2, W]
+        pieces = [mapped, eos]
+        if self.bos_embedding is not None:
+            pieces.insert(0, self.bos_embedding.to(mapped.dtype).expand(batch, 1, -1))
+        sequence = torch.cat(pieces, dim=1)  # [B, n + 2, W] ([B, n + 1, W] without [bos])
         positions = torch.arange(sequence.shape[1], device=sequence.device)
         sequence = sequence + self.position_embedding(positions)
         no_cache = {_CAUSAL_MASK_CACHE_ARGUMENT: None}
@@ -543,7 +554,8 @@ class PIGPreTrainedModel(PreTrainedModel):
         if isinstance(module, PIGViPEmbeddings):
             init.normal_(module.proxy_tokens, mean=0.0, std=1.0)
             init.zeros_(module.temporal_embedding)
-            init.copy_(module.frame_cls, self.clip.vision_model.embeddings.class_embedding)
+            if module.frame_cls is not None:
+                init.copy_(module.frame_cls, self.clip.vision_model.embeddings.class_embedding)
         elif isinstance(module, PIGPseudoQueryGenerator):
             for target, source in module.clip_weight_pairs(
                 self.clip, self.config.generator_bos_token_id, self.config.generator_eos_token_id
@@ -662,7 +674,7 @@ class PIGModel(PIGPreTrainedModel):
         `from_clip` calls this after loading CLIP (the same copies `_init_weights` makes at construction).
         Never call it on a trained PIG model: it overwrites the generator.
         """
-        if self.vip is not None:
+        if self.vip is not None and self.vip.frame_cls is not None:
             self.vip.frame_cls.copy_(self.clip.vision_model.embeddings.class_embedding)
         if self.generator is not None:
             for target, source in self.generator.clip_weight_pairs(
@@ -675,6 +687,30 @@ class PIGModel(PIGPreTrainedModel):
     def clamp_logit_scale_(self):
         """Clamp the log-temperature to [0, logit_scale_max] in place; call after every optimiser step (§6.2)."""
         self.clip.logit_scale.clamp_(0.0, self.config.logit_scale_max)
+
+    def get_logit_scale(self) -> torch.Tensor:
+        """The contrastive logits' scale: `exp` of the learnable log-temperature clamped to [0, logit_scale_max],
+        float32 scalar (with gradients)."""
+        return self.clip.logit_scale.float().clamp(0.0, self.config.logit_scale_max).exp()
+
+    def loss_from_embeddings(self, text_embeds: torch.Tensor, video_embeds: torch.Tensor,
+                             pseudo_query_embeds: torch.Tensor | None, logit_scale: torch.Tensor,
+                             gather_across_processes: bool = False):
+        """`(loss, contrastive_loss, generation_loss)` of L2-normalised float32 embeddings `[n, D]` (row i of each
+        belongs together): InfoNCE + generation_loss_weight * L_recon, the loss `forward(return_loss=True)`
+        returns. `generation_loss` is None without pseudo-queries. With `gather_across_processes` the rows of
+        every process are all-gathered with gradients first (call it on every process). Gradient caching
+        (training/) computes the loss of a whole batch from embeddings encoded in chunks with it.
+        """
+        if gather_across_processes:
+            text_embeds, video_embeds, pseudo_query_embeds = gather_features(text_embeds, video_embeds,
+                                                                             pseudo_query_embeds)
+        contrastive = contrastive_loss(text_embeds, video_embeds, logit_scale)
+        if pseudo_query_embeds is None:
+            return contrastive, contrastive, None
+        target = text_embeds.detach() if self.config.detach_generation_target else text_embeds
+        reconstruction = generation_loss(pseudo_query_embeds, target)
+        return contrastive + self.config.generation_loss_weight * reconstruction, contrastive, reconstruction
 
     # -------------------------------------------------------------------------------------------- validation
     def _check_pixel_values(self, pixel_values) -> torch.Tensor:
@@ -860,16 +896,19 @@ class PIGModel(PIGPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         return_loss: bool = False,
+        gather_across_processes: bool = False,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
     ) -> PIGOutput:
         """Texts `[n_text, length]` and videos `[n_video, T, 3, H, W]` -> `PIGOutput`.
 
         With `return_loss=True` (needs `n_text == n_video`, caption i belongs to video i) the loss is
-        `InfoNCE + generation_loss_weight * L_recon` over the global batch (features all-gathered with gradients
-        under torch.distributed). Loss math runs in float32, also under autocast. As in CLIP, the towers' hidden
-        states / attentions (when asked) are in `text_model_output` / `video_model_output`, and
-        `return_dict=False` gives a tuple.
+        `InfoNCE + generation_loss_weight * L_recon` over this call's batch. With `gather_across_processes=True`
+        as well (a data-parallel trainer, on every process at once) it spans the global batch: the features of
+        every process are all-gathered with gradients first (`gather_features`). Without it no collective runs,
+        so a forward on one rank alone never waits for the others. Loss math runs in float32, also under
+        autocast. As in CLIP, the towers' hidden states / attentions (when asked) are in `text_model_output` /
+        `video_model_output`, and `return_dict=False` gives a tuple.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError(
@@ -892,18 +931,13 @@ class PIGModel(PIGPreTrainedModel):
             pseudo_query_embeds = None
             if video_out.pseudo_query_embeds is not None:
                 pseudo_query_embeds = F.normalize(video_out.pseudo_query_embeds.float(), dim=-1)
-            logit_scale = self.clip.logit_scale.float().clamp(0.0, self.config.logit_scale_max).exp()
+            logit_scale = self.get_logit_scale()
             logits_per_text = logit_scale * text_embeds @ video_embeds.t()  # [n_text, n_video]
 
             loss = contrastive = reconstruction = None
             if return_loss:
-                all_text, all_video, all_pseudo = gather_features(text_embeds, video_embeds, pseudo_query_embeds)
-                contrastive = contrastive_loss(all_text, all_video, logit_scale)
-                loss = contrastive
-                if all_pseudo is not None:
-                    target = all_text.detach() if self.config.detach_generation_target else all_text
-                    reconstruction = generation_loss(all_pseudo, target)
-                    loss = contrastive + self.config.generation_loss_weight * reconstruction
+                loss, contrastive, reconstruction = self.loss_from_embeddings(
+                    text_embeds, video_embeds, pseudo_query_embeds, logit_scale, gather_across_processes)
 
         return PIGOutput(
             loss=loss,

@@ -90,6 +90,9 @@ def test_save_and_load_round_trip_through_auto_config(tmp_path):
         (dict(clip_config="openai/clip-vit-base-patch32"), TypeError, "clip_config"),
         # the tiny text width (32) differs from projection_dim (24): the [PIG] variant needs them equal
         (dict(generator_output_projection=False), ValueError, "generator_output_projection"),
+        (dict(use_frame_cls=False), ValueError, "use_frame_cls"),  # the generator reads frame-CLS tokens
+        (dict(use_frame_cls=0), TypeError, "use_frame_cls"),
+        (dict(generator_use_bos="no"), TypeError, "generator_use_bos"),
     ],
 )
 def test_impossible_values_raise_an_error_naming_the_field(overrides, error, field):
@@ -106,7 +109,13 @@ def test_generator_sequence_longer_than_the_text_position_table_is_rejected():
     assert tiny(clip_config=clip, its_top_k=3).generator_sequence_length() == 12
 
 
+def test_the_generator_sequence_without_bos_is_one_token_shorter():
+    assert tiny().generator_sequence_length() == 14 and tiny(generator_use_bos=False).generator_sequence_length() == 13
+    assert PIGConfig(generator_use_bos=False).generator_sequence_length() == 33  # F-Pig B/32: 32 tokens + eos
+
+
 def test_baselines_are_valid_configurations():
+    assert not tiny(use_pseudo_query=False, use_frame_cls=False).use_frame_cls  # original CLIP-ViP layout
     assert tiny(use_pseudo_query=False).video_tower == "vip"  # CLIP-ViP
     meanp = tiny(use_pseudo_query=False, video_tower="meanp")  # CLIP4Clip meanP
     assert meanp.video_tower == "meanp"

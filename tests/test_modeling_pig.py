@@ -407,6 +407,29 @@ def test_clip_vip_baseline_builds_no_generator_and_embeds_the_video_cls():
     torch.testing.assert_close(out.loss, out.contrastive_loss)
 
 
+def test_clip_vip_layout_without_frame_cls_has_no_frame_cls_tokens_or_parameter():
+    model = build_model(use_pseudo_query=False, use_frame_cls=False)
+    assert "vip.frame_cls" not in model.state_dict()
+    pixel_values = random_inputs()["pixel_values"]
+    hidden, _ = model.encode_vip(pixel_values)
+    assert hidden.shape[1] == 4 + NUM_FRAMES * 16  # M + T * P: frames are their patches only
+    with_cls = build_model(use_pseudo_query=False)
+    with_cls.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(with_cls.get_video_features(pixel_values).pooler_output,
+                              model.get_video_features(pixel_values).pooler_output)
+
+
+def test_generator_without_bos_has_no_bos_slot_and_a_shorter_sequence():
+    model = build_model(generator_use_bos=False)
+    assert "generator.bos_embedding" not in model.state_dict() and model.generator.bos_embedding is None
+    seen = []
+    model.generator.encoder.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["inputs_embeds"]),
+                                                      with_kwargs=True)
+    with torch.no_grad():
+        model.get_video_features(random_inputs()["pixel_values"])
+    assert seen[0].shape[1] == model.config.generator_sequence_length() == 4 + NUM_FRAMES + TOP_K + 1
+
+
 def test_meanp_baseline_is_plain_clip_per_frame_with_no_new_parameters():
     model = build_model(use_pseudo_query=False, video_tower="meanp")
     assert model.vip is None and model.generator is None and model.interaction is None
