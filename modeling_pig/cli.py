@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from .convert import add_convert_parser, run_convert
 from .index import DEFAULT_FAISS_THRESHOLD, VideoIndex
@@ -82,6 +83,8 @@ def _load(model_path: str, device: str):
         return load_model_and_processor(model_path, device)
     except (OSError, ValueError) as err:  # transformers: no such folder, not a model folder, unknown Hub id
         raise UserError(f"--model {model_path}: cannot load a model from it ({str(err).splitlines()[0]})") from err
+    except StrictDataclassError as err:  # a config.json value PIGConfig refuses: the message names the field
+        raise UserError(f"--model {model_path}: invalid config.json ({' '.join(str(err).split())})") from err
 
 
 def _load_index(folder: str) -> VideoIndex:

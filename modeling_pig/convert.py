@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from .convert_sources import (
     ConversionError,
@@ -214,7 +215,7 @@ def convert_checkpoint(source: str, checkpoint, out_dir, *, clip=None, config=No
         fields, processor_settings = plan_clip4clip(keys, source_config)
     try:
         pig_config = PIGConfig(clip_config=clip_dict, **fields)
-    except (TypeError, ValueError) as err:
+    except StrictDataclassError as err:  # PIGConfig's validation (huggingface_hub's @strict): names the field
         raise ConversionError(f"the settings read from the source make no valid PIGConfig: {err}") from None
 
     with torch.random.fork_rng(devices=[]):

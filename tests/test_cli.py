@@ -1,6 +1,7 @@
 """The `pig` console script end to end, in-process through `main` (plus one subprocess smoke test of the
 installed entry point), with a tiny random PIG model saved to disk."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -116,7 +117,7 @@ def test_index_of_an_empty_folder_fails_clearly(tmp_path, capsys):
     assert status == 2 and stderr.strip() == f"error: no video files in {tmp_path / 'empty'} (try --recursive)"
 
 
-def test_user_mistakes_are_one_line_and_exit_status_2(tmp_path, shared_videos, capsys):
+def test_user_mistakes_are_one_line_and_exit_status_2(tiny_model_dir, tmp_path, shared_videos, capsys):
     (tmp_path / "videos").mkdir()
     shutil.copy(shared_videos[0], tmp_path / "videos" / "a.mp4")
     cases = {
@@ -129,5 +130,11 @@ def test_user_mistakes_are_one_line_and_exit_status_2(tmp_path, shared_videos, c
         status, _, stderr = pig(capsys, *args)
         assert status == 2 and expected in stderr, (args, stderr)
         assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    shutil.copytree(tiny_model_dir, tmp_path / "bad_model")
+    (tmp_path / "bad_model" / "config.json").write_text(json.dumps({**config, "its_top_k": -1}))
+    status, _, stderr = pig(capsys, "index", tmp_path / "videos", "--model", tmp_path / "bad_model", "--out",
+                            tmp_path / "i")
+    assert status == 2 and "its_top_k" in stderr and len(stderr.strip().splitlines()) == 1, stderr
     status, _, stderr = pig(capsys, "search")  # argparse's own usage error
     assert status == 2 and "usage: pig" in stderr
