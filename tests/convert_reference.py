@@ -294,6 +294,14 @@ class XPoolCrossAttentionPooler(nn.Module):
         return torch.diagonal(out, dim1=0, dim2=1).permute(1, 0)  # the matched pairs
 
 
+class AuthorsViPBaseline(nn.Module):
+    """The authors' CLIP-ViP baseline run (`PIG` built from msrvtt_retrieval_vip_base_32.json): only `encoder`."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.encoder = VidCLIP(dims)  # with frame-CLS tokens (keep_frame_cls = 1)
+
+
 class AuthorsPIG(nn.Module):
     """`PIG` (lbx73737373/PIG) or `FK` (lbx73737373/fpig): encoder + generator + fusioner."""
 

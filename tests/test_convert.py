@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from convert_reference import VOCAB, AuthorsPIG, CLIP4Clip, VidCLIP, randomise_
+from convert_reference import VOCAB, AuthorsPIG, AuthorsViPBaseline, CLIP4Clip, VidCLIP, randomise_
 from transformers import CLIPConfig, CLIPTokenizer
 
 from modeling_pig import PIGModel, PIGProcessor
@@ -127,6 +127,21 @@ def test_fpig_release_keeps_its_trainable_slots_and_projection_and_matches(tmp_p
     assert model.config.learnable_bos_eos and model.config.generator_output_projection
     assert model.config.generator_use_bos == bool(use_bos)
     assert ("generator.bos_tokens" in dict(report.dropped)) == (not use_bos)
+
+
+def test_the_authors_clip_vip_baseline_run_converts_to_the_baseline_with_frame_cls(tmp_path, clip_folder):
+    reference = randomise_(AuthorsViPBaseline(DIMS), seed=9).eval()
+    config = authors_config()
+    del config["generator_config"], config["fusioner_config"], config["generation_loss_config"]
+    convert_checkpoint("pig", save(tmp_path, "model_best.pt", reference.state_dict()), tmp_path / "out",
+                       config=save(tmp_path, "vip.json", config), clip=clip_folder)
+    model = PIGModel.from_pretrained(tmp_path / "out").eval()
+    assert not model.config.use_pseudo_query and model.config.use_frame_cls
+    video, ids, mask = inputs()
+    with torch.no_grad():
+        close(model.get_video_features(pixel_values=video).pooler_output, reference.encoder.video_embeds(video))
+        close(model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
+              reference.encoder.text_embeds(ids, mask))
 
 
 @pytest.mark.parametrize("with_config", [False, True], ids=["clip-vocab-shapes-only", "config-and-clip-folder"])
