@@ -23,8 +23,8 @@ retrieval performance measures efficiently in the presence of tied scores", ECIR
 * R@K = 100 x mean over queries of P(rank <= K) = clip(K - greater, 0, tied + 1) / (tied + 1);
 * MnR = mean over queries of the expected rank `greater + 1 + tied / 2` (exactly the expected mean rank);
 * MdR = the median over queries of that expected rank. (It is not the expectation of the median, which has
-  no closed form.) A constant N x N matrix, what a collapsed model produces, gives chance level in both
-  directions: R@K = 100 K / N, MnR = MdR = (N + 1) / 2; without ties the values are the plain ones.
+  no simple closed form.) A constant N x N matrix, what a collapsed model produces, gives chance level in both
+  directions: R@K = 100 min(K, N) / N, MnR = MdR = (N + 1) / 2; without ties the values are the plain ones.
 
 Median of an even number of queries: multi-caption t2v (more texts than videos) takes the lower middle
 value, as CLIP4Clip's `torch.median` does there; every other case the mean of the two middle values, as

@@ -1,4 +1,4 @@
-"""training/evaluate.py: two-tower benchmark evaluation, skipped videos, embedding cache, results files."""
+"""training/eval_retrieval.py: two-tower benchmark evaluation, skipped videos, embedding cache, results files."""
 
 import json
 
@@ -10,13 +10,13 @@ from test_retrieval import FakeModel, FakeProcessor
 
 from modeling_pig.embedding import encode_texts, encode_videos
 from modeling_pig.metrics import compute_retrieval_metrics
-from training.evaluate import (
+from training.eval_retrieval import (
     evaluate_retrieval,
     evaluate_retrieval_detailed,
     main,
-    results_table,
     update_results_file,
 )
+from training.eval_retrieval import results_file_table as results_table
 
 
 @pytest.fixture
