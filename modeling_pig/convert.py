@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from .convert_sources import (
     ConversionError,
@@ -202,7 +203,10 @@ def convert_checkpoint(source: str, checkpoint, out_dir, *, clip=None, config=No
     state_dict, notes = load_checkpoint(checkpoint)
     source_config = read_source_config(config) if config is not None else None
     clip_dict, clip_origin = resolve_clip_config(clip, state_dict, layout, prefix)
-    probe = PIGConfig(clip_config=clip_dict, use_pseudo_query=False)
+    try:
+        probe = PIGConfig(clip_config=clip_dict, use_pseudo_query=False)
+    except (TypeError, ValueError, StrictDataclassError) as err:
+        raise ConversionError(f"the CLIP config ({clip_origin}) makes no valid PIGConfig: {err}") from None
     bos_eos = (probe.generator_bos_token_id, probe.generator_eos_token_id)
 
     keys = KeyMap(state_dict)
@@ -214,7 +218,7 @@ def convert_checkpoint(source: str, checkpoint, out_dir, *, clip=None, config=No
         fields, processor_settings = plan_clip4clip(keys, source_config)
     try:
         pig_config = PIGConfig(clip_config=clip_dict, **fields)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, StrictDataclassError) as err:
         raise ConversionError(f"the settings read from the source make no valid PIGConfig: {err}") from None
 
     image_size = pig_config.clip_config.vision_config.image_size
