@@ -65,3 +65,19 @@ def shared_videos(shared_data):
     if not videos:
         pytest.skip(f"no real videos in {folder}")
     return videos
+
+
+SYNTHETIC_PARAMS = dict(seed=0, num_train=8, num_test=4, num_images=8)
+SYNTHETIC_ARGS = ["--synthetic_num_train", "8", "--synthetic_num_test", "4", "--synthetic_num_images", "8"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_benchmark(tmp_path_factory):
+    """The tiny synthetic benchmark the training tests share, generated once per session (per xdist worker).
+
+    train.py given `--data_dir` of it and `SYNTHETIC_ARGS` reuses it as it is. Tests must not modify it: copy it
+    (`shutil.copytree`) to break files.
+    """
+    from datasets_scripts.synthetic import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic") / "data", progress=False, **SYNTHETIC_PARAMS)
