@@ -1,4 +1,9 @@
-"""Shared fixtures. Everything here is offline; ../shared/data is optional (tests that need it skip)."""
+"""Shared fixtures. Everything here is offline.
+
+../shared/data (or $PIG_SHARED_DATA) is optional: tests that need it skip when it is missing, except with
+PIG_REQUIRE_SHARED_DATA=1 (set by .ci/run), where a missing folder fails them instead, so CI cannot go green by
+skipping.
+"""
 
 import os
 from pathlib import Path
@@ -13,6 +18,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PIG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def shared_data_missing(reason: str):
+    """Skip (default) or fail (PIG_REQUIRE_SHARED_DATA=1) a test whose shared data is missing."""
+    if os.environ.get("PIG_REQUIRE_SHARED_DATA", "").strip() not in ("", "0"):
+        pytest.fail(f"{reason}; PIG_REQUIRE_SHARED_DATA=1 makes this an error (unset it to skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 def tiny_clip_config_dict(**overrides):
@@ -54,7 +66,7 @@ def tiny_clip_config():
 @pytest.fixture(scope="session")
 def shared_data():
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder not present at {SHARED_DATA}")
+        shared_data_missing(f"shared data folder not present at {SHARED_DATA}")
     return SHARED_DATA
 
 
@@ -63,7 +75,7 @@ def shared_videos(shared_data):
     folder = shared_data / "videos"
     videos = sorted(p for p in folder.glob("*") if p.suffix.lower() in {".mp4", ".mov", ".avi", ".webm", ".mkv"})
     if not videos:
-        pytest.skip(f"no real videos in {folder}")
+        shared_data_missing(f"no real videos in {folder}")
     return videos
 
 
