@@ -21,8 +21,16 @@ _LAZY = {
     "VideoDecodeError": "video_io",
     "read_video_frames": "video_io",
     "sample_frame_indices": "video_io",
+    "find_videos": "video_io",
+    "VIDEO_EXTENSIONS": "video_io",
     "compute_retrieval_metrics": "metrics",
-    "VideoIndex": "retrieval",
+    "VideoIndex": "index",
+    "exact_search": "index",
+    "EmbeddingStore": "embedding",
+    "encode_texts": "embedding",
+    "encode_videos": "embedding",
+    "model_fingerprint": "embedding",
+    "load_model_and_processor": "loader",
 }
 
 __all__ = sorted(_LAZY)

@@ -36,6 +36,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,7 +52,15 @@ __all__ = [
     "decode_all_frames",
     "MAX_UNDECODABLE_FRAMES",
     "SEEK_MIN_SKIPPED_PACKETS",
+    "VIDEO_EXTENSIONS",
+    "find_videos",
 ]
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".3g2",
+                    ".mts", ".m2ts", ".ts", ".flv", ".ogv")
+"""File name suffixes (lower case) treated as videos wherever files are found by name: `find_videos`
+(`pig index`) and the benchmark loaders. Order matters to the loaders: when two files share a stem (video0.mp4
+and video0.webm) the earlier extension wins."""
 
 MAX_UNDECODABLE_FRAMES = 2
 """How many listed frames may fail to come out of the decoder before the file counts as corrupt.
@@ -74,6 +83,17 @@ docs/performance.md. 4 rather than 2 leaves a margin for containers whose seek i
 _READ_TIMEOUT_S = 60.0  # a stalled read (network filesystem) raises instead of hanging forever
 _TIME_EPS = 1e-6  # seconds; tolerance when comparing clip bounds with frame timestamps
 _TRUNCATION_TOLERANCE_S = 0.25  # frames may end this much before a declared stream duration
+
+
+def find_videos(folder: str | os.PathLike, recursive: bool = False,
+                extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[str]:
+    """Absolute paths of the video files in `folder` (by extension, case-insensitive), sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder")
+    extensions = tuple(e.lower() for e in extensions)
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    return sorted(str(p.resolve()) for p in pattern if p.is_file() and p.suffix.lower() in extensions)
 
 
 class VideoDecodeError(RuntimeError):

@@ -1,4 +1,4 @@
-"""training/evaluate.py: two-tower benchmark evaluation, skipped videos, embedding cache, results files."""
+"""training/eval_retrieval.py: two-tower benchmark evaluation, skipped videos, embedding cache, results files."""
 
 import json
 
@@ -9,17 +9,16 @@ import torch
 from test_cli import tiny_pig
 from test_retrieval import FakeModel, FakeProcessor
 
+from modeling_pig.embedding import encode_videos
 from modeling_pig.metrics import compute_retrieval_metrics
-from modeling_pig.video_io import VideoDecodeError, read_video_frames
-from training.evaluate import (
-    embed_texts,
-    embed_videos,
+from modeling_pig.video_io import read_video_frames
+from training.eval_retrieval import (
     evaluate_retrieval,
     evaluate_retrieval_detailed,
     main,
-    results_table,
     update_results_file,
 )
+from training.eval_retrieval import results_file_table as results_table
 
 
 @pytest.fixture
@@ -85,17 +84,11 @@ def test_unreadable_videos_are_skipped_and_reported(fake, benchmark_rows):
     assert "broken.mp4" in result.skipped[0]["reason"] and result.skipped[0]["num_captions"] == 2
 
 
-def test_embed_videos_raises_on_an_unreadable_video(fake, benchmark_rows):
-    model, processor = fake
-    with pytest.raises(VideoDecodeError, match="broken.mp4"):
-        embed_videos(model, processor, benchmark_rows["video"], show_progress=False)
-
-
 def test_clip_bounds_change_the_video_embedding(fake, benchmark_rows):
     model, processor = fake
     path = benchmark_rows["video"][3]
-    whole, clip = embed_videos(model, processor, [path, path], starts=[None, 0.0], ends=[None, 2.0],
-                               show_progress=False)
+    whole, clip = encode_videos(model, processor, [path, path], starts=[None, 0.0], ends=[None, 2.0],
+                                show_progress=False).embeddings
     assert not torch.allclose(whole, clip)
 
 

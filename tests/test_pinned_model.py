@@ -10,8 +10,8 @@ The generator reads [CLS, proxies, frame-CLS x T, ITS top-k] (§4.2) and the pse
 import pytest
 import torch
 
-from conftest import tiny_clip_config_dict
-from modeling_pig import PIGConfig, PIGModel
+from conftest import tiny_pig_config
+from modeling_pig import PIGModel
 
 NUM_FRAMES, TOP_K = 3, 5
 M, P = 4, 16
@@ -22,8 +22,7 @@ SEQ_LEN = 55  # M + T * (1 + P)
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = PIGConfig(clip_config=tiny_clip_config_dict(), num_frames=NUM_FRAMES, its_top_k=TOP_K)
-    return PIGModel(config).eval()
+    return PIGModel(tiny_pig_config(num_frames=NUM_FRAMES, its_top_k=TOP_K)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +66,8 @@ def test_layout_constants_match_the_config(model):
 
 def test_generator_gets_cls_proxies_frame_cls_and_its_tokens_gathered_by_hand(model, pixel_values):
     with torch.no_grad():
-        hidden, cls_attention = model.encode_vip(pixel_values, return_cls_attention=True)
+        vip = model.encode_vip(pixel_values, return_cls_attention=True)
+    hidden, cls_attention = vip.last_hidden_state, vip.cls_attention
     assert hidden.shape[1] == SEQ_LEN
     its = hand_its_positions(cls_attention)
     rows = [torch.cat([hidden[b, :M], hidden[b, FRAME_CLS], hidden[b, its[b]]]) for b in range(hidden.shape[0])]
@@ -89,7 +89,7 @@ def test_generator_gets_cls_proxies_frame_cls_and_its_tokens_gathered_by_hand(mo
 
 def test_interaction_attends_only_cls_proxies_and_frame_cls_with_the_generator_output(model, pixel_values):
     with torch.no_grad():
-        hidden, _ = model.encode_vip(pixel_values)
+        hidden = model.encode_vip(pixel_values).last_hidden_state
         expected_tokens = project(model, torch.cat([hidden[:, :M], hidden[:, FRAME_CLS]], dim=1))  # [B, M+T, proj]
     output, seen = captured_inputs(model, pixel_values)
     pseudo_query, tokens = seen["interaction_in"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import training.train as train_module
 from conftest import SYNTHETIC_ARGS
 from training.train import main
 
@@ -21,21 +22,28 @@ class Interrupted(Exception):
     pass
 
 
-def run_train(output_dir, data_dir, *extra, step_callback=None):
+def run_train(output_dir, data_dir, *extra):
     """training.train.main with a fresh accelerate state (several runs share this process)."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    return main(["--output_dir", str(output_dir), "--data_dir", str(data_dir), *COMMON, *extra],
-                step_callback=step_callback)
+    return main(["--output_dir", str(output_dir), "--data_dir", str(data_dir), *COMMON, *extra])
 
 
-def stop_at(stage, step):
-    def callback(state):
+def run_until_checkpoint(output_dir, data_dir, stage, step):
+    """A run that stops (raises Interrupted) right after saving the checkpoint of `stage` at `step`."""
+    real_save = train_module.save_checkpoint
+
+    def save_then_stop(accelerator, state, directory, limit):
+        path = real_save(accelerator, state, directory, limit)
         if state.stage == stage and state.step == step:
             raise Interrupted
-    return callback
+        return path
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(train_module, "save_checkpoint", save_then_stop)
+        run_train(output_dir, data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +62,7 @@ def assert_same_weights(expected, folder):
 
 def test_explicit_stage1_checkpoint_resumes_stage1_then_trains_stage2_fresh(tmp_path, synthetic_benchmark, straight):
     out = tmp_path / "out"
-    with pytest.raises(Interrupted):
-        run_train(out, synthetic_benchmark, step_callback=stop_at("1", 1))
+    run_until_checkpoint(out, synthetic_benchmark, "1", 1)
     checkpoint = out / "stage1" / "checkpoints" / "step_1"
     assert checkpoint.is_dir() and not (out / "stage1" / "model.safetensors").exists()
     summary = run_train(out, synthetic_benchmark, "--resume_from_checkpoint", str(checkpoint))
@@ -65,8 +72,7 @@ def test_explicit_stage1_checkpoint_resumes_stage1_then_trains_stage2_fresh(tmp_
 
 def test_explicit_stage2_checkpoint_skips_stage1_and_resumes_stage2(tmp_path, synthetic_benchmark, straight):
     out = tmp_path / "out"
-    with pytest.raises(Interrupted):
-        run_train(out, synthetic_benchmark, step_callback=stop_at("2", 1))
+    run_until_checkpoint(out, synthetic_benchmark, "2", 1)
     stage1_model = (out / "stage1" / "model.safetensors").stat().st_mtime_ns
     checkpoint = out / "checkpoints" / "step_1"
     assert checkpoint.is_dir()
