@@ -3,6 +3,7 @@
     pig index VIDEO_DIR --model MODEL --out INDEX [--recursive] [--batch_size 16] [--num_workers 2]
     pig search INDEX "a man plays a guitar" [-k 5]
     pig info INDEX
+    pig convert --from pig|fpig|clip-vip|clip4clip CHECKPOINT --out DIR [--clip CLIP] [--config CONFIG.json]
 
 `index` embeds every video once (resumable: rerun the same command after an interruption), skips and
 lists unreadable files, and writes the index folder (see `modeling_pig.index.VideoIndex`). The index
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .convert import add_convert_parser, run_convert
 from .index import DEFAULT_FAISS_THRESHOLD, VideoIndex
 from .search_backends import backend_names
 from .loader import load_model_and_processor
@@ -65,6 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe an index (size, backend, unreadable videos, FAISS recall)")
     info.add_argument("index")
+
+    add_convert_parser(sub)  # `pig convert`: modeling_pig/convert.py
     return parser
 
 
@@ -160,7 +164,7 @@ def main(argv=None) -> int:
     except SystemExit as exit_:  # argparse already printed the usage error
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info}
+    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "convert": run_convert}
     try:
         return commands[args.command](args)
     except UserError as err:

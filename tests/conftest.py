@@ -15,17 +15,27 @@ SHARED_DATA = Path(os.environ.get("PIG_SHARED_DATA", REPO_ROOT.parent / "shared"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def tiny_clip_config_dict(**overrides):
-    """A tiny random CLIP config (dict) that the model tests share.
+# The one tiny model of the tests: 32 px frames, patch 8 -> P = 16 patches, L = 17 tokens per frame, M = 4 globals.
+NUM_FRAMES = 3
+TOP_K = 5
+IMAGE_SIZE = 32
+# CLIP's real vocabulary and special ids, for models fed by PIGProcessor's real CLIP tokenizer.
+REAL_VOCABULARY = dict(vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
-    bos/eos/pad ids lie inside the tiny vocabulary (transformers 5 pools the EOS position by id).
-    image 32 px / patch 8 -> 16 patches per frame.
+
+def tiny_clip_config_dict(real_vocabulary: bool = False, **overrides) -> dict:
+    """The tiny random CLIP config (a dict) every test model is built from; `overrides` merge into it.
+
+    bos/eos/pad ids lie inside the tiny 99-token vocabulary (transformers 5 pools the EOS position by id);
+    `real_vocabulary=True` uses CLIP's 49,408 tokens instead (models fed by the real tokenizer).
     """
     text = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, max_position_embeddings=77, bos_token_id=97,
                 eos_token_id=98, pad_token_id=98)
+    if real_vocabulary:
+        text.update(REAL_VOCABULARY)
     vision = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=32, patch_size=8)
+                  image_size=IMAGE_SIZE, patch_size=8)
     cfg = dict(text_config=text, vision_config=vision, projection_dim=24)
     for key, value in overrides.items():
         if key in ("text_config", "vision_config"):
@@ -33,6 +43,15 @@ def tiny_clip_config_dict(**overrides):
         else:
             cfg[key] = value
     return cfg
+
+
+def tiny_pig_config(real_vocabulary: bool = False, **overrides):
+    """The tiny `PIGConfig` of the tests (NUM_FRAMES frames, TOP_K ITS tokens); `overrides` are PIGConfig fields."""
+    from modeling_pig import PIGConfig
+
+    kwargs = dict(clip_config=tiny_clip_config_dict(real_vocabulary), num_frames=NUM_FRAMES, its_top_k=TOP_K)
+    kwargs.update(overrides)
+    return PIGConfig(**kwargs)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_clip_config_dict
 from transformers import CLIPConfig, CLIPModel
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -41,13 +42,7 @@ def write_mp4(path: Path, num_frames: int, seed: int) -> None:
 def tiny_224_clip(tmp_path):
     """A random CLIP with the real tokenizer's vocabulary and 224 px input (what PIGProcessor() produces)."""
     torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
-                         eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=224, patch_size=56),
-        projection_dim=16)
+    config = CLIPConfig(**tiny_clip_config_dict(real_vocabulary=True, vision_config=dict(image_size=224, patch_size=56)))
     folder = tmp_path / "clip"
     CLIPModel(config).save_pretrained(folder)
     return folder
