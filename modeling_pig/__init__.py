@@ -32,6 +32,7 @@ _LAZY = {
     "encode_videos": "embedding",
     "model_fingerprint": "embedding",
     "load_model_and_processor": "loader",
+    "convert_checkpoint": "convert",
 }
 
 __all__ = sorted(_EAGER + list(_LAZY))
