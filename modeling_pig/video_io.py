@@ -251,16 +251,12 @@ def read_video(
             except _FallBack as reason:
                 logger.debug("%s: decoding in order from the first frame (%s)", path, reason)
                 stats.clear_errors()  # the counting pass decodes those packets again
-        sampling = (num_frames, mode, start, end)
-        packets = _rewind(container, stream, timeline) if timeline.timestamps_trusted else None
-        if packets is not None:
-            return _read_sequentially(path, stream_index, packets, timeline, plan, sampling, generator, rng_state,
-                                      stats, geometry)
-    # The container could not be brought back to its first packet: open it again.
+    # The counting pass gets a fresh container and decoder: a decoder flushed by a seek does not conceal damage
+    # exactly as a fresh one does, and the reference is a fresh decode from the first packet.
     with open_container(path) as container:
         packets = container.demux(container.streams[stream_index])
-        return _read_sequentially(path, stream_index, packets, timeline, plan, sampling, generator, rng_state,
-                                  stats, geometry)
+        return _read_sequentially(path, stream_index, packets, timeline, plan, (num_frames, mode, start, end),
+                                  generator, rng_state, stats, geometry)
 
 
 def _read_sequentially(path, stream_index, packets, timeline, plan, sampling, generator, rng_state, stats,
@@ -268,28 +264,29 @@ def _read_sequentially(path, stream_index, packets, timeline, plan, sampling, ge
     """The counting fallback: decode ``packets`` (which start at the stream's first packet), counting frames.
 
     When the clip runs to the end of the video, decoding goes on to the end of the stream to count the frames
-    that really come out. If that count differs from the index's, the indices are drawn again, with the same
-    random draws, for the true count (frames near each target are kept, so that this rarely needs a second pass).
+    that really come out. If the frames that came out differ from the index's (a count that differs, or a frame
+    the decoder dropped on the way), the timeline is corrected from them and the indices are drawn again, with the
+    same random draws (frames near each target are kept, so that this rarely needs a second pass).
     """
     num_frames, mode, start, end = sampling
     to_end = timeline.reached_end and plan.clip_range[1] == timeline.num_frames - 1
-    kept, count = _decode_by_count(path, packets, plan.indices, _KEEP_NEAR_TARGETS, to_end, stats)
-    if count == 0:
+    kept, seen = _decode_by_count(path, packets, plan.indices, _KEEP_NEAR_TARGETS, to_end, stats, geometry)
+    if not seen:
         raise VideoDecodeError(f"{path}: no frame of the video stream decodes ({_why_nothing(stats)})")
-    if (to_end and count != timeline.num_frames) or count <= max(plan.indices):
-        logger.debug("%s: the index lists %d frames, the decoder gives %d", path, timeline.num_frames, count)
-        timeline = timeline.with_count(count)
+    corrected = timeline.observed(seen, complete=to_end or len(seen) <= max(plan.indices))
+    if corrected is not None:
+        logger.debug("%s: the index lists %d frames, the decoder gives %d", path, timeline.num_frames, len(seen))
+        timeline = corrected
         _restore_rng(generator, rng_state)
         plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
         if not set(plan.indices) <= kept.keys():
             stats.clear_errors()
             with open_container(path) as container:
                 packets = container.demux(container.streams[stream_index])
-                kept, count = _decode_by_count(path, packets, plan.indices, 0, False, stats)
-            if count <= max(plan.indices):
+                kept, seen = _decode_by_count(path, packets, plan.indices, 0, False, stats, geometry)
+            if len(seen) <= max(plan.indices):
                 raise VideoDecodeError(f"{path}: the number of decodable frames changed between two decodes")
-    frames = {i: geometry.rgb(kept[i]) for i in sorted(set(plan.indices))}
-    return plan.result(frames, timeline, "sequential", stats, geometry)
+    return plan.result(kept, timeline, "sequential", stats, geometry)
 
 
 def decode_all_frames(path: str | os.PathLike, *, upright: bool = True) -> np.ndarray:
@@ -387,17 +384,28 @@ class _Timeline:
     timestamps_trusted: bool
     reached_end: bool
     first_packet: tuple[int | None, int | None]  # (pts, dts) of the first packet in decode order
+    time_base: object = None
+    discontinuous: bool = False  # MPEG-TS/PS: forward jumps over 10 s are closed up in `seconds`
     entries: list[_Entry] = field(repr=False, default_factory=list)
     head: list[int] = field(default_factory=list)
 
-    def with_count(self, num_frames: int) -> "_Timeline":
-        """The same timeline holding ``num_frames`` frames (the number that really decode)."""
-        seconds = self.seconds[:num_frames]
-        if seconds and num_frames > len(seconds):  # more frames than packets: extend at the mean frame duration
-            step = (seconds[-1] - seconds[0]) / (len(seconds) - 1) if len(seconds) > 1 else 0.0
-            seconds += [seconds[-1] + step * (k + 1) for k in range(num_frames - len(seconds))]
-        pts = None if self.pts is None or num_frames > len(self.pts) else self.pts[:num_frames]
-        return dataclasses.replace(self, num_frames=num_frames, pts=pts, seconds=seconds, timestamps_trusted=False)
+    def observed(self, seen: list, complete: bool) -> "_Timeline | None":
+        """The timeline corrected by the pts of the frames a decode from the first packet gave (``seen``, all of
+        them when ``complete``, else the first ones); None when they are what the index listed."""
+        if self.timestamps_trusted and None not in seen and all(a < b for a, b in zip(seen, seen[1:])):
+            pts = seen if complete else seen + [p for p in self.pts if p > seen[-1]]
+            if pts == self.pts:
+                return None
+            seconds = _seconds(pts, self.time_base, self.discontinuous)
+        elif complete and len(seen) != self.num_frames:  # no usable timestamps: only the count is known
+            pts, seconds = None, self.seconds[: len(seen)]
+            if seconds and len(seen) > len(seconds):  # more frames than packets: extend at the mean duration
+                step = (seconds[-1] - seconds[0]) / (len(seconds) - 1) if len(seconds) > 1 else 0.0
+                seconds += [seconds[-1] + step * (k + 1) for k in range(len(seen) - len(seconds))]
+        else:
+            return None
+        return dataclasses.replace(self, num_frames=len(pts or seen), pts=pts, seconds=seconds,
+                                   timestamps_trusted=False)
 
 
 def _index_stream(container, stream, path: str, end: float | None) -> _Timeline:
@@ -510,6 +518,8 @@ def _build_timeline(entries, stream, discontinuous: bool, reached_end: bool, hea
         timestamps_trusted=trusted,
         reached_end=reached_end,
         first_packet=(entries[0].pts, entries[0].dts),
+        time_base=time_base,
+        discontinuous=discontinuous,
         entries=entries,
         head=list(head),
     )
@@ -520,15 +530,17 @@ def _seconds(ordered_pts: list[int], time_base, discontinuous: bool) -> list[flo
     to one typical frame duration, as ffmpeg does with timestamp discontinuities."""
     if not ordered_pts:
         return []
+    # integer arithmetic then one true division: exactly float(Fraction), at a fraction of its cost
+    num, den = (time_base.numerator, time_base.denominator) if time_base else (0, 1)
     steps = sorted(b - a for a, b in zip(ordered_pts, ordered_pts[1:]) if b > a)
     typical_step = steps[len(steps) // 2] if steps else 0
-    jump = _DISCONTINUITY_S / time_base if time_base else math.inf
+    jump = _DISCONTINUITY_S * den / num if num else math.inf
     seconds = [0.0]
     base_pts, base_seconds = ordered_pts[0], 0.0
     for previous, pts in zip(ordered_pts, ordered_pts[1:]):
         if pts < previous or (discontinuous and pts - previous > jump):
-            base_pts, base_seconds = pts, seconds[-1] + float(typical_step * time_base)
-        seconds.append(base_seconds + float((pts - base_pts) * time_base))
+            base_pts, base_seconds = pts, seconds[-1] + typical_step * num / den
+        seconds.append(base_seconds + (pts - base_pts) * num / den)
     return seconds
 
 
@@ -793,17 +805,6 @@ def _seek(container, stream, timeline: _Timeline, pts: int, dts: int | None, max
     raise _FallBack(f"no seek lands at or before packet {max_position}")
 
 
-def _rewind(container, stream, timeline: _Timeline):
-    """The container's packets from the stream's very first packet on, or None when seeking cannot get there."""
-    if timeline.first_packet[0] is None:
-        return None
-    try:
-        packets, _ = _seek(container, stream, timeline, *timeline.first_packet, max_position=0)
-        return packets
-    except (_FallBack, av.error.FFmpegError):
-        return None
-
-
 def _keyframe_before(timeline: _Timeline, pts: int) -> int:
     """The pts of the last keyframe shown at or before ``pts`` (the first keyframe if none is)."""
     position = bisect.bisect_right(timeline.keyframe_pts, pts) - 1
@@ -812,30 +813,33 @@ def _keyframe_before(timeline: _Timeline, pts: int) -> int:
     return timeline.keyframe_pts[position]
 
 
-def _decode_by_count(path: str, packets, indices, keep_before: int, to_end: bool, stats: _DecodeStats):
+def _decode_by_count(path: str, packets, indices, keep_before: int, to_end: bool, stats: _DecodeStats,
+                     geometry: _Geometry):
     """Decode ``packets`` (from the stream's first packet on), counting frames as they come out.
 
-    Keeps (as PyAV frames, not yet converted to RGB) every frame whose index lies within ``keep_before`` frames
-    before a target, the targets included. Stops after the last target, or at the end of the stream when
-    ``to_end``. Returns ``(kept, count)``: ``count`` is the number of frames decoded, which is the number of
-    frames in the stream when it ended first. Damage is tolerated and counted (:func:`_decode_packet`); an error
+    Keeps (as RGB arrays) every frame whose index lies within ``keep_before`` frames before a target, the targets
+    included. They are converted as they come out: a decoder may still write into a frame's buffer after output
+    (H.264 error concealment does), so a PyAV frame kept for later is not what was shown. Stops after the last target, or at the end of the stream when
+    ``to_end``. Returns ``(kept, seen)``: ``seen`` holds the pts of every frame decoded, so its length is the
+    number of frames in the stream when it ended first. Damage is tolerated and counted (:func:`_decode_packet`); an error
     of the demuxer is not (the file is corrupt there).
     """
     keep = {i - back for i in indices for back in range(keep_before + 1) if i - back >= 0}
     last_target = max(indices)
     kept = {}
-    count = 0
+    seen = []
     try:
         for packet in packets:
             stats.packets += bool(packet.size)
             for frame in _decode_packet(packet, stats):
-                if count in keep:
-                    kept[count] = frame
-                count += 1
-                if count > last_target and not to_end:
-                    return kept, count
+                if len(seen) in keep:
+                    kept[len(seen)] = geometry.rgb(frame)
+                seen.append(frame.pts)
+                if len(seen) > last_target and not to_end:
+                    return kept, seen
     except av.error.FFmpegError as err:
         raise VideoDecodeError(
-            f"{path}: reading the video stream failed after {count} frames ({describe_error(err)}); the file is corrupt"
+            f"{path}: reading the video stream failed after {len(seen)} frames ({describe_error(err)}); "
+            "the file is corrupt"
         ) from err
-    return kept, count
+    return kept, seen
