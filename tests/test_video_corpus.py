@@ -11,17 +11,29 @@ time limit.
 import logging
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
-from video_corpus import BROKEN, CUT_FIRST_FRAME, CUT_FRAMES, FPS, VALID, Corpus, encode, make_long_video, pattern
+from video_corpus import BROKEN, CUT_FIRST_FRAME, CUT_FRAMES, FPS, VALID, Corpus, encode, pattern
 
 from modeling_pig.video_container import apply_orientation, choose_video_stream, frame_orientation
 from modeling_pig.video_io import VideoDecodeError, decode_all_frames, read_video, sample_frame_indices
 
 FFPROBE, FFMPEG = shutil.which("ffprobe"), shutil.which("ffmpeg")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench_decode():
+    """benchmarks/bench_decode.py as a module (it writes the long synthetic videos)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    import bench_decode
+
+    return bench_decode
 
 
 @pytest.fixture(scope="session")
@@ -69,26 +81,33 @@ def assert_sample_equals_reference(sample, frames, context=""):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", sorted(VALID))
-def test_the_full_decode_counts_and_shows_frames_as_ffmpeg_does(corpus, name):
-    case, path = VALID[name], corpus.path(name)
-    frames = reference(path)
+def test_the_full_decode_shows_what_the_file_was_made_of(corpus, name):
+    case = VALID[name]
+    frames = reference(corpus.path(name))
     if case.frames is not None:
         assert len(frames) == case.frames
     assert frames.shape[1:] == (*case.shape, 3)
-    if FFPROBE:
-        out = subprocess.run([FFPROBE, "-v", "error", "-count_frames", "-select_streams", str(chosen_stream_index(path)),
-                              "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
-                             capture_output=True, text=True, check=True).stdout
-        counted = next(line for line in out.splitlines() if line.strip(", "))  # MPEG-TS repeats it per program
-        assert int(counted.strip(", ")) == len(frames), f"ffprobe -count_frames says {out.strip()}"
-    if FFMPEG:  # ffmpeg's own stream choice, autorotation and scaling; its FFmpeg version may differ from PyAV's
-        raw = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24",
-                              "-fps_mode", "passthrough", "-"], capture_output=True, check=True).stdout
-        shown = np.frombuffer(raw, np.uint8).reshape(-1, *frames.shape[1:])
-        assert len(shown) == len(frames), f"ffmpeg shows {len(shown)} frames"
-        compared = slice(0, case.damaged_from)  # how damage is concealed changes between FFmpeg versions
-        difference = np.abs(shown[compared].astype(int) - frames[compared].astype(int)).mean(axis=(1, 2, 3))
-        assert difference.max() < 3, f"frame {difference.argmax()} differs from ffmpeg's by {difference.max():.1f}"
+
+
+@pytest.mark.skipif(not (FFPROBE and FFMPEG), reason="ffprobe/ffmpeg are not installed (.ci/run installs them)")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_the_full_decode_agrees_with_ffprobe_and_ffmpeg(corpus, name):
+    case, path = VALID[name], corpus.path(name)
+    frames = reference(path)
+    out = subprocess.run([FFPROBE, "-v", "error", "-count_frames", "-select_streams", str(chosen_stream_index(path)),
+                          "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    counted = next(line for line in out.splitlines() if line.strip(", "))  # MPEG-TS repeats it per program
+    assert int(counted.strip(", ")) == len(frames), f"ffprobe -count_frames says {out.strip()}"
+    # ffmpeg's own stream choice, autorotation and scaling (its FFmpeg version may differ from PyAV's)
+    raw = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24",
+                          "-fps_mode", "passthrough", "-"], capture_output=True, check=True).stdout
+    shown = np.frombuffer(raw, np.uint8).reshape(-1, *frames.shape[1:])
+    assert len(shown) == len(frames), f"ffmpeg shows {len(shown)} frames"
+    compared = slice(0, case.damaged_from)  # how damage is concealed changes between FFmpeg versions
+    difference = np.abs(shown[compared].astype(int) - frames[compared].astype(int)).mean(axis=(1, 2, 3))
+    assert difference.max() < 3, f"frame {difference.argmax()} differs from ffmpeg's by {difference.max():.1f}"
 
 
 @pytest.mark.timeout(60)
@@ -277,7 +296,7 @@ def test_a_rejected_packet_is_one_frame_fewer_counted_and_logged(corpus, caplog)
 @pytest.mark.timeout(60)
 def test_a_30_minute_video_is_sampled_without_decoding_it_whole(tmp_path):
     # 30 minutes at 5 frames/s (a smaller file to write than 25 frames/s; the same seeks), keyframes every 2 s
-    path = make_long_video(tmp_path / "long.mp4", minutes=30, fps=5, gop=10)
+    path = bench_decode().make_long_video(tmp_path / "long.mp4", minutes=30, fps=5, gop=10, size=(64, 48))
     total = 30 * 60 * 5
     gop = [pattern(i) for i in range(10)]
     for mode, seed in (("test", 0), ("train", 1)):
@@ -294,3 +313,20 @@ def test_decode_all_frames_keeps_the_stored_orientation_on_request(tmp_path):
     path = encode(tmp_path / "turned.mp4", "mpeg4", 3, rotation=90)
     assert decode_all_frames(path).shape == (3, 64, 48, 3)
     assert decode_all_frames(path, upright=False).shape == (3, 48, 64, 3)
+
+
+def test_bench_decode_compares_with_a_baseline_and_a_long_video(tmp_path, capsys):
+    baseline = tmp_path / "baseline_video_io.py"  # any module with read_video; here ours, so the frames agree
+    baseline.write_text("from modeling_pig.video_io import read_video  # noqa: F401\n")
+    encode(tmp_path / "clip.mp4", "libx264", 30)
+    bench_decode().main(["--videos", str(tmp_path), "--repeats", "1", "--baseline", str(baseline),
+                         "--long_minutes", "0.5"])
+    out = capsys.readouterr().out
+    assert f"ours against {baseline}" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| clip.mp4 |")
+            or line.startswith("| synthetic_0.5min.mp4 |")}
+    assert rows["clip.mp4"].rstrip().endswith("| yes |")
+    long_row = [cell.strip() for cell in rows["synthetic_0.5min.mp4"].split("|")]
+    assert long_row[2] == "750" and long_row[-2] == "yes"  # 30 s at 25 frames/s; the same frames both ways
+    path, packets, seeks = long_row[6].split(", ")
+    assert path == "timestamp" and int(packets) <= 12 * 50 and int(seeks) >= 11  # a GOP per target at most

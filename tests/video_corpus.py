@@ -301,32 +301,6 @@ def make_damaged_packet(path, how: str):
     return Path(path)
 
 
-def make_long_video(path, minutes: float = 30.0, fps: int = FPS, gop: int = 50, size=SIZE):
-    """A ``minutes``-long H.264 MP4 made of one closed GOP of ``gop`` frames repeated (so that writing it takes
-    a second): frame ``i`` looks like :func:`pattern` ``(i % gop)``. Keyframes every ``gop`` frames."""
-    width, height = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, fps)
-        stream.options = {"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=2:open-gop=0"}
-        packets = []
-        for i in range(gop):
-            frame = av.VideoFrame.from_ndarray(pattern(i, width, height), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            packets += stream.encode(frame)
-        packets += stream.encode()
-        copies = int(round(minutes * 60 * fps / gop))
-        for copy in range(copies):
-            for packet in packets:
-                clone = av.Packet(bytes(packet))
-                clone.pts, clone.dts = packet.pts + copy * gop, packet.dts + copy * gop
-                clone.time_base, clone.stream = packet.time_base, stream
-                clone.is_keyframe = packet.is_keyframe
-                container.mux(clone)
-    return Path(path)
-
-
 def make_no_video_frames(path):
     """A Matroska file with a video track that holds no frame, and an audio track."""
     with av.open(str(path), "w") as container:
