@@ -16,7 +16,11 @@ that was cut short from its own structure, saying what went wrong in plain words
   applied as ffmpeg applies it by default (``-autorotate``): 90/270 degrees by a transpose, 180 by flips, and
   the mirror images of those.
 
-Only plain file reads happen here besides ``av.open``; :mod:`modeling_pig.video_io` does all demuxing and decoding.
+* **Frames** (:func:`decode_packet`, :class:`FrameGeometry`): one packet's frames with damage tolerated and
+  counted as ffmpeg tolerates it, and RGB arrays of one size and orientation.
+
+Besides ``av.open`` and these two frame helpers, only plain file reads happen here; demuxing and the decoding
+strategy are in :mod:`modeling_pig.video_index` and :mod:`modeling_pig.video_io`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +42,9 @@ __all__ = [
     "describe_error",
     "frame_orientation",
     "apply_orientation",
+    "DecodeStats",
+    "decode_packet",
+    "FrameGeometry",
 ]
 
 READ_TIMEOUT_S = 60.0  # a stalled read (network filesystem) raises instead of hanging forever
@@ -264,3 +272,66 @@ def apply_orientation(image: np.ndarray, orientation: str) -> np.ndarray:
         else:
             raise ValueError(f"unknown orientation step {step!r}")
     return image
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frames: damage tolerated and counted; one size and one orientation
+
+
+@dataclass
+class DecodeStats:
+    """What decoding cost and met: packets sent, seeks made, damage concealed (first cause kept)."""
+
+    packets: int = 0  # packets sent to the decoder
+    seeks: int = 0
+    errors: int = 0  # rejected packets + frames flagged corrupt, in the pass whose frames are returned
+    first_error: str | None = None
+
+    def error(self, what: str) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = what
+
+    def clear_errors(self) -> None:
+        self.errors, self.first_error = 0, None
+
+
+def decode_packet(packet, stats: DecodeStats) -> list:
+    """The frames one packet gives, tolerating damage as ffmpeg does: a packet the decoder rejects gives no frame
+    and decoding goes on; both that and a frame the decoder flags as corrupt (concealed damage) are counted."""
+    try:
+        frames = packet.decode()
+    except av.error.FFmpegError as err:
+        stats.error(f"a packet the decoder rejected: {describe_error(err)}")
+        return []
+    for frame in frames:
+        if frame.is_corrupt:
+            stats.error("a frame the decoder flagged as corrupt (damage concealed)")
+    return frames
+
+
+class FrameGeometry:
+    """Turns decoded frames into RGB arrays of one size and orientation.
+
+    The size is the stream's (FFmpeg's codec parameters, from its first frames; else the first frame converted):
+    frames of another size (a resolution switch) are scaled to it, bicubic, as ffmpeg scales them for its
+    output. With ``upright``, the display matrix of the first frame converted gives the orientation.
+    """
+
+    def __init__(self, stream, upright: bool):
+        self.width = stream.codec_context.width or 0
+        self.height = stream.codec_context.height or 0
+        self.upright = upright
+        self.orientation: str | None = None if upright else ""
+
+    def rgb(self, frame) -> np.ndarray:
+        """``uint8 [H, W, 3]`` RGB of one decoded frame, at the geometry's size and orientation."""
+        if not self.width or not self.height:
+            self.width, self.height = frame.width, frame.height
+        if frame.width != self.width or frame.height != self.height:
+            image = frame.to_ndarray(format="rgb24", width=self.width, height=self.height, interpolation="BICUBIC")
+        else:
+            image = frame.to_ndarray(format="rgb24")
+        if self.orientation is None:
+            self.orientation = frame_orientation(frame)
+        return apply_orientation(image, self.orientation) if self.orientation else image

@@ -35,20 +35,20 @@ decoder, never from a header's frame count or duration.
   none of whose packets decodes, a clip that starts after the end. Bad arguments raise ``ValueError``.
 
 Everything is opened and closed inside each call, so the functions are safe in ``DataLoader`` workers.
-This module is longer than the ~450 lines the project aims at: the three decoding paths (timestamp, counting,
-head) share one index and one set of invariants, and splitting them would spread those over several files.
+The index (what the frames are) is :mod:`modeling_pig.video_index`; opening, stream choice, truncation, damage
+counting and frame geometry are :mod:`modeling_pig.video_container`. This module (the public API, sampling and
+the two decoding paths, which share one set of invariants) is longer than the ~450 lines the project aims at,
+mostly docstrings; splitting the two paths apart would separate code that must agree frame for frame.
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import itertools
 import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -56,14 +56,16 @@ import torch
 import av
 
 from .video_container import (
+    DecodeStats,
+    FrameGeometry,
     VideoDecodeError,
-    apply_orientation,
     choose_video_stream,
+    decode_packet,
     describe_error,
-    frame_orientation,
     open_container,
     truncation_cause,
 )
+from .video_index import Timeline, index_stream, resolve_head
 
 __all__ = [
     "VideoDecodeError",
@@ -91,7 +93,6 @@ docs/performance.md. 4 rather than 2 leaves a margin for containers whose seek i
 
 _KEEP_NEAR_TARGETS = 2  # the counting pass keeps this many frames before each target, for a count that differs
 _TIME_EPS = 1e-6  # seconds; tolerance when comparing clip bounds with frame timestamps
-_DISCONTINUITY_S = 10.0  # ffmpeg's -dts_delta_threshold: a larger jump in MPEG-TS/PS is a discontinuity
 # Decoders whose skip_frame="NONREF" drops exactly the frames nothing refers to (checked against full decodes in
 # tests/test_video_corpus.py). Others (AV1 through libdav1d) decode every packet from the keyframe on.
 _SKIP_NONREF_DECODERS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "vp8", "vp9"})
@@ -234,15 +235,15 @@ def read_video(
     # indices can be drawn again as if the true count had been known from the start (same draws, one result).
     rng_state = generator.get_state() if generator is not None else torch.get_rng_state()
 
-    stats = _DecodeStats()
+    stats = DecodeStats()
     with open_container(path) as container:
         stream = choose_video_stream(container, path)
         stream_index = stream.index
         _check_complete(path)
-        timeline = _index_stream(container, stream, path, end)
+        timeline = index_stream(container, stream, path, end)
         if timeline.head:
-            timeline = _resolve_head(path, stream_index, timeline, stats)
-        geometry = _Geometry(stream, upright)
+            timeline = resolve_head(path, stream_index, timeline, stats)
+        geometry = FrameGeometry(stream, upright)
         plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
         if timeline.timestamps_trusted:
             try:
@@ -297,16 +298,16 @@ def decode_all_frames(path: str | os.PathLike, *, upright: bool = True) -> np.nd
     this gives at its indices. Same stream choice, damage handling, geometry and errors.
     """
     path = _check_path(path)
-    stats = _DecodeStats()
+    stats = DecodeStats()
     with open_container(path) as container:
         stream = choose_video_stream(container, path)
         _check_complete(path)
-        geometry = _Geometry(stream, upright)
+        geometry = FrameGeometry(stream, upright)
         frames = []
         try:
             for packet in container.demux(stream):
                 stats.packets += bool(packet.size)
-                frames.extend(geometry.rgb(frame) for frame in _decode_packet(packet, stats))
+                frames.extend(geometry.rgb(frame) for frame in decode_packet(packet, stats))
         except av.error.FFmpegError as err:
             raise VideoDecodeError(
                 f"{path}: reading the video stream failed after {stats.packets} packets ({describe_error(err)}); "
@@ -353,224 +354,6 @@ def _check_complete(path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Indexing: one demux pass, no decoding
-
-
-class _Entry(NamedTuple):
-    """One non-empty video packet, in decode order."""
-
-    pts: int | None
-    dts: int | None
-    key: bool
-    discard: bool  # pre-roll an edit list hides: decoded, never shown
-
-
-@dataclass
-class _Timeline:
-    """The frames of the stream (up to where indexing stopped), from one demux pass without decoding.
-
-    ``pts`` (when usable) are in presentation order, so frame ``i`` has timestamp ``pts[i]``. ``keyframe_pts``
-    and ``decode_position`` (packet number in decode order, per pts) drive seeking. Without usable timestamps
-    (``pts is None``), times come from the frame rate and only the sequential decode is used. ``head`` lists the
-    packets (decode positions) at the start whose frames the decoder may drop; :func:`_resolve_head` settles them.
-    """
-
-    num_frames: int
-    pts: list[int] | None
-    seconds: list[float]
-    keyframe_pts: list[int]
-    keyframe_dts: dict[int, int | None]
-    decode_position: dict[int, int]
-    timestamps_trusted: bool
-    reached_end: bool
-    first_packet: tuple[int | None, int | None]  # (pts, dts) of the first packet in decode order
-    time_base: object = None
-    discontinuous: bool = False  # MPEG-TS/PS: forward jumps over 10 s are closed up in `seconds`
-    entries: list[_Entry] = field(repr=False, default_factory=list)
-    head: list[int] = field(default_factory=list)
-
-    def observed(self, seen: list, complete: bool) -> "_Timeline | None":
-        """The timeline corrected by the pts of the frames a decode from the first packet gave (``seen``, all of
-        them when ``complete``, else the first ones); None when they are what the index listed."""
-        if self.timestamps_trusted and None not in seen and all(a < b for a, b in zip(seen, seen[1:])):
-            pts = seen if complete else seen + [p for p in self.pts if p > seen[-1]]
-            if pts == self.pts:
-                return None
-            seconds = _seconds(pts, self.time_base, self.discontinuous)
-        elif complete and len(seen) != self.num_frames:  # no usable timestamps: only the count is known
-            pts, seconds = None, self.seconds[: len(seen)]
-            if seconds and len(seen) > len(seconds):  # more frames than packets: extend at the mean duration
-                step = (seconds[-1] - seconds[0]) / (len(seconds) - 1) if len(seconds) > 1 else 0.0
-                seconds += [seconds[-1] + step * (k + 1) for k in range(len(seen) - len(seconds))]
-        else:
-            return None
-        return dataclasses.replace(self, num_frames=len(pts or seen), pts=pts, seconds=seconds,
-                                   timestamps_trusted=False)
-
-
-def _index_stream(container, stream, path: str, end: float | None) -> _Timeline:
-    """Demux (no decoding) the video packets, up to the clip's end when one is given."""
-    time_base = stream.time_base
-    discontinuous = _has_discontinuities(container)
-    entries: list[_Entry] = []
-    first_key_pts = first_shown_pts = end_pts = None
-    reached_end = True
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue  # the flush packet PyAV appends, or an empty AVI chunk (a dropped frame: nothing to show)
-            pts, dts = packet.pts, packet.dts
-            if (end is not None and end_pts is None and not discontinuous and time_base
-                    and first_key_pts is not None and first_shown_pts is not None):
-                # no frame before the first keyframe or the first shown packet can start the clip later than these
-                end_pts = max(first_key_pts, first_shown_pts) + math.ceil(end / time_base) + 1
-            if end_pts is not None and dts is not None and dts > end_pts and len(entries) > 1:
-                # decode timestamps only grow and pts >= dts: no later packet can be shown before `end`
-                reached_end = False
-                break
-            entry = _Entry(pts, dts, bool(packet.is_keyframe), bool(packet.is_discard))
-            entries.append(entry)
-            if entry.key and first_key_pts is None:
-                first_key_pts = pts
-            if not entry.discard and first_shown_pts is None:
-                first_shown_pts = pts
-    except av.error.FFmpegError as err:
-        raise VideoDecodeError(
-            f"{path}: reading the video stream failed after {len(entries)} packets ({describe_error(err)}); "
-            "the file is corrupt"
-        ) from err
-    if not any(not e.discard for e in entries):
-        raise VideoDecodeError(f"{path}: the video stream holds no frames")
-    return _build_timeline(entries, stream, discontinuous, reached_end, head=_uncertain_head(entries))
-
-
-def _has_discontinuities(container) -> bool:
-    """Formats whose timestamps may jump (MPEG-TS, MPEG-PS): ffmpeg's AVFMT_TS_DISCONT."""
-    return bool(container.format.flags & av.format.Flags.ts_discont.value)
-
-
-def _uncertain_head(entries: list[_Entry]) -> list[int]:
-    """Decode positions of shown packets at the start whose frame the decoder may drop.
-
-    Those decoded before the first keyframe (a stream that starts mid-GOP), and the leading pictures of that
-    keyframe (after it in decode order, before it in display order, or without a timestamp: an open GOP whose
-    references were cut away). A stream that starts with a closed GOP has none.
-    """
-    first_key = next((i for i, e in enumerate(entries) if e.key), None)
-    if first_key is None or entries[first_key].pts is None:
-        return []
-    key_pts = entries[first_key].pts
-    head = [i for i in range(first_key) if not entries[i].discard]
-    for i in range(first_key + 1, len(entries)):
-        entry = entries[i]
-        if entry.discard:
-            continue
-        if entry.pts is not None and entry.pts > key_pts:
-            break
-        head.append(i)
-    return head
-
-
-def _build_timeline(entries, stream, discontinuous: bool, reached_end: bool, head=(), drop=(), head_pts=()):
-    """The frames the index predicts: shown packets (minus ``drop``) plus ``head_pts`` seen coming out of the decoder.
-
-    A decode timestamp that goes backwards starts a new segment (a discontinuity); frames are in presentation
-    order within each segment, segments in decode order.
-    """
-    time_base = stream.time_base
-    dropped = set(drop)
-    segments: list[list[int | None]] = [list(head_pts)]
-    last_dts = None
-    for position, entry in enumerate(entries):
-        if entry.dts is not None:
-            if last_dts is not None and entry.dts < last_dts:
-                segments.append([])
-            last_dts = entry.dts
-        if not entry.discard and position not in dropped:
-            segments[-1].append(entry.pts)
-    shown = [p for segment in segments for p in segment]
-    num_frames = len(shown)
-    keyed = [e for e in entries if e.key and e.pts is not None]
-    trusted, pts = False, None
-    if all(p is not None for p in shown):
-        ordered = [p for segment in segments for p in sorted(segment)]
-        seconds = _seconds(ordered, time_base, discontinuous)
-        if len(set(ordered)) == len(ordered):
-            pts = ordered
-            # A stream whose codec reorders frames (B-frames) but whose packets all carry pts == dts (OpenCV's
-            # writer does this) has timestamps that do not give the display order: only counting decoded frames
-            # is right then. Such files are told apart here; anything subtler is caught while decoding.
-            reorders = bool(getattr(stream.codec_context, "has_b_frames", 0))
-            shown_entries = [e for i, e in enumerate(entries) if not e.discard and i not in dropped]
-            copied = all(e.pts == e.dts for e in shown_entries) and all(
-                a.pts < b.pts for a, b in zip(shown_entries, shown_entries[1:]))
-            trusted = sum(1 for s in segments if s) == 1 and not (reorders and copied) and num_frames > 1
-    else:
-        rate = stream.average_rate or stream.guessed_rate
-        seconds = [i / float(rate) for i in range(num_frames)] if rate else []
-    return _Timeline(
-        num_frames=num_frames,
-        pts=pts,
-        seconds=seconds,
-        keyframe_pts=sorted(e.pts for e in keyed),
-        keyframe_dts={e.pts: e.dts for e in keyed},
-        decode_position={e.pts: i for i, e in enumerate(entries) if e.pts is not None},
-        timestamps_trusted=trusted,
-        reached_end=reached_end,
-        first_packet=(entries[0].pts, entries[0].dts),
-        time_base=time_base,
-        discontinuous=discontinuous,
-        entries=entries,
-        head=list(head),
-    )
-
-
-def _seconds(ordered_pts: list[int], time_base, discontinuous: bool) -> list[float]:
-    """Seconds from the first frame. Backward jumps (and, in MPEG-TS/PS, forward jumps over 10 s) are closed up
-    to one typical frame duration, as ffmpeg does with timestamp discontinuities."""
-    if not ordered_pts:
-        return []
-    # integer arithmetic then one true division: exactly float(Fraction), at a fraction of its cost
-    num, den = (time_base.numerator, time_base.denominator) if time_base else (0, 1)
-    steps = sorted(b - a for a, b in zip(ordered_pts, ordered_pts[1:]) if b > a)
-    typical_step = steps[len(steps) // 2] if steps else 0
-    jump = _DISCONTINUITY_S * den / num if num else math.inf
-    seconds = [0.0]
-    base_pts, base_seconds = ordered_pts[0], 0.0
-    for previous, pts in zip(ordered_pts, ordered_pts[1:]):
-        if pts < previous or (discontinuous and pts - previous > jump):
-            base_pts, base_seconds = pts, seconds[-1] + typical_step * num / den
-        seconds.append(base_seconds + (pts - base_pts) * num / den)
-    return seconds
-
-
-def _resolve_head(path: str, stream_index: int, timeline: _Timeline, stats: "_DecodeStats") -> _Timeline:
-    """Decode the stream's first packets until the first keyframe's frame comes out; rebuild the timeline with the
-    head frames the decoder really output (the rest of the head was dropped by it)."""
-    entries = timeline.entries
-    key_pts = next(e.pts for e in entries if e.key)
-    seen = []
-    with open_container(path) as container:
-        stream = container.streams[stream_index]
-        done = False
-        for packet in container.demux(stream):
-            stats.packets += bool(packet.size)
-            for frame in _decode_packet(packet, stats):
-                if frame.pts is not None and frame.pts >= key_pts:
-                    done = True
-                    break
-                seen.append(frame.pts)
-            if done:
-                break
-        rebuilt = _build_timeline(entries, stream, _has_discontinuities(container), timeline.reached_end,
-                                  drop=timeline.head, head_pts=seen)
-    stats.clear_errors()  # what the decoder drops at a cut start is not damage (ffmpeg drops it too)
-    if rebuilt.num_frames == 0:
-        raise VideoDecodeError(f"{path}: no frame of the video stream decodes")
-    return rebuilt
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Sampling plan
 
 
@@ -583,13 +366,13 @@ class _SamplingPlan:
     path: str
 
     @classmethod
-    def make(cls, timeline: _Timeline, num_frames, mode, start, end, generator, path) -> "_SamplingPlan":
+    def make(cls, timeline: Timeline, num_frames, mode, start, end, generator, path) -> "_SamplingPlan":
         first, last = _clip_range(timeline, start, end, path)
         local = sample_frame_indices(last - first + 1, num_frames, mode, generator)
         return cls([first + i for i in local], (first, last), path)
 
-    def result(self, frames: dict, timeline: _Timeline, decode_path: str, stats: "_DecodeStats",
-               geometry: "_Geometry") -> VideoSample:
+    def result(self, frames: dict, timeline: Timeline, decode_path: str, stats: DecodeStats,
+               geometry: FrameGeometry) -> VideoSample:
         rows = [frames[i] for i in self.indices]  # repeated indices share one decoded frame
         _log_errors(self.path, stats)
         return VideoSample(
@@ -606,7 +389,7 @@ class _SamplingPlan:
         )
 
 
-def _clip_range(timeline: _Timeline, start, end, path) -> tuple[int, int]:
+def _clip_range(timeline: Timeline, start, end, path) -> tuple[int, int]:
     """First and last frame shown during ``[start, end)`` seconds; the whole video when both are None."""
     last = timeline.num_frames - 1
     if start is None and end is None:
@@ -646,74 +429,18 @@ class _FallBack(Exception):
     """The timestamp-driven decode cannot be trusted for this file; decode again sequentially."""
 
 
-@dataclass
-class _DecodeStats:
-    packets: int = 0  # packets sent to the decoder
-    seeks: int = 0
-    errors: int = 0  # rejected packets + frames flagged corrupt, in the pass whose frames are returned
-    first_error: str | None = None
-
-    def error(self, what: str) -> None:
-        self.errors += 1
-        if self.first_error is None:
-            self.first_error = what
-
-    def clear_errors(self) -> None:
-        self.errors, self.first_error = 0, None
-
-
-def _decode_packet(packet, stats: _DecodeStats) -> list:
-    """The frames one packet gives, tolerating damage as ffmpeg does: a packet the decoder rejects gives no frame
-    and decoding goes on; both that and a frame the decoder flags as corrupt (concealed damage) are counted."""
-    try:
-        frames = packet.decode()
-    except av.error.FFmpegError as err:
-        stats.error(f"a packet the decoder rejected: {describe_error(err)}")
-        return []
-    for frame in frames:
-        if frame.is_corrupt:
-            stats.error("a frame the decoder flagged as corrupt (damage concealed)")
-    return frames
-
-
-def _why_nothing(stats: _DecodeStats) -> str:
+def _why_nothing(stats: DecodeStats) -> str:
     return stats.first_error or "the decoder output no frame"
 
 
-def _log_errors(path: str, stats: _DecodeStats) -> None:
+def _log_errors(path: str, stats: DecodeStats) -> None:
     if stats.errors:
         logger.warning("%s: %d decode error(s) concealed while decoding the frames returned, as ffmpeg would show "
                        "them (first: %s)", path, stats.errors, stats.first_error)
 
 
-class _Geometry:
-    """Turns decoded frames into RGB arrays of one size and orientation.
-
-    The size is the stream's (FFmpeg's codec parameters, from its first frames; else the first frame converted):
-    frames of another size (a resolution switch) are scaled to it, bicubic, as ffmpeg scales them for its
-    output. With ``upright``, the display matrix of the first frame converted gives the orientation.
-    """
-
-    def __init__(self, stream, upright: bool):
-        self.width = stream.codec_context.width or 0
-        self.height = stream.codec_context.height or 0
-        self.upright = upright
-        self.orientation: str | None = None if upright else ""
-
-    def rgb(self, frame) -> np.ndarray:
-        if not self.width or not self.height:
-            self.width, self.height = frame.width, frame.height
-        if frame.width != self.width or frame.height != self.height:
-            image = frame.to_ndarray(format="rgb24", width=self.width, height=self.height, interpolation="BICUBIC")
-        else:
-            image = frame.to_ndarray(format="rgb24")
-        if self.orientation is None:
-            self.orientation = frame_orientation(frame)
-        return apply_orientation(image, self.orientation) if self.orientation else image
-
-
-def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[int], stats: _DecodeStats,
-                         geometry: _Geometry) -> dict:
+def _decode_by_timestamp(container, stream, timeline: Timeline, indices: list[int], stats: DecodeStats,
+                         geometry: FrameGeometry) -> dict:
     """Decode the target frames, identified by their timestamps; seek and skip where that saves work.
 
     Returns index -> RGB array for every distinct index. Raises _FallBack when the stream does not behave
@@ -786,7 +513,7 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
     return frames
 
 
-def _seek(container, stream, timeline: _Timeline, pts: int, dts: int | None, max_position: int):
+def _seek(container, stream, timeline: Timeline, pts: int, dts: int | None, max_position: int):
     """Seek so that demuxing resumes at or before decode position ``max_position`` (the packet with ``pts``/``dts``).
 
     Returns the packet iterator and the decode position of its first packet. Demuxers seek by pts (Matroska) or
@@ -805,7 +532,7 @@ def _seek(container, stream, timeline: _Timeline, pts: int, dts: int | None, max
     raise _FallBack(f"no seek lands at or before packet {max_position}")
 
 
-def _keyframe_before(timeline: _Timeline, pts: int) -> int:
+def _keyframe_before(timeline: Timeline, pts: int) -> int:
     """The pts of the last keyframe shown at or before ``pts`` (the first keyframe if none is)."""
     position = bisect.bisect_right(timeline.keyframe_pts, pts) - 1
     if position < 0:
@@ -813,15 +540,15 @@ def _keyframe_before(timeline: _Timeline, pts: int) -> int:
     return timeline.keyframe_pts[position]
 
 
-def _decode_by_count(path: str, packets, indices, keep_before: int, to_end: bool, stats: _DecodeStats,
-                     geometry: _Geometry):
+def _decode_by_count(path: str, packets, indices, keep_before: int, to_end: bool, stats: DecodeStats,
+                     geometry: FrameGeometry):
     """Decode ``packets`` (from the stream's first packet on), counting frames as they come out.
 
     Keeps (as RGB arrays) every frame whose index lies within ``keep_before`` frames before a target, the targets
     included. They are converted as they come out: a decoder may still write into a frame's buffer after output
     (H.264 error concealment does), so a PyAV frame kept for later is not what was shown. Stops after the last target, or at the end of the stream when
     ``to_end``. Returns ``(kept, seen)``: ``seen`` holds the pts of every frame decoded, so its length is the
-    number of frames in the stream when it ended first. Damage is tolerated and counted (:func:`_decode_packet`); an error
+    number of frames in the stream when it ended first. Damage is tolerated and counted (:func:`decode_packet`); an error
     of the demuxer is not (the file is corrupt there).
     """
     keep = {i - back for i in indices for back in range(keep_before + 1) if i - back >= 0}
@@ -831,7 +558,7 @@ def _decode_by_count(path: str, packets, indices, keep_before: int, to_end: bool
     try:
         for packet in packets:
             stats.packets += bool(packet.size)
-            for frame in _decode_packet(packet, stats):
+            for frame in decode_packet(packet, stats):
                 if len(seen) in keep:
                     kept[len(seen)] = geometry.rgb(frame)
                 seen.append(frame.pts)
