@@ -5,8 +5,9 @@ that was cut short from its own structure, saying what went wrong in plain words
   (empty, cut short, no known format), never a bare ``[Errno 1094995529]``.
 * **Stream choice** (:func:`choose_video_stream`): the video stream ffmpeg itself would pick, by its documented
   rule for automatic stream selection ("for video, it is the stream with the highest resolution"; ffmpeg's score
-  also adds 5,000,000 for a stream flagged *default*; ties go to the first stream). Attached pictures (cover art),
-  timed thumbnails and still-image streams are not video: they are skipped, as ffmpeg scores them last.
+  also adds 5,000,000 for a stream flagged *default*; ties go to the first stream). Attached pictures (cover art)
+  and timed thumbnails are not video: they are skipped, as ffmpeg scores them last; still-image streams count
+  only when nothing else does.
 * **Truncation** (:func:`truncation_cause`): a file is cut short when it ends before its own container structure
   says it does: an MP4/MOV box, the RIFF chunk of an AVI, or the Segment of a Matroska/WebM file that runs past
   the end of the file. Only these headers are read (a few bytes each), never frame-count or duration fields,
@@ -95,13 +96,18 @@ def _why_unreadable(path: str, err: BaseException) -> str:
 
 
 def choose_video_stream(container, path: str):
-    """The stream ffmpeg would decode as "the video": highest resolution, default flag first, pictures skipped."""
+    """The stream ffmpeg would decode as "the video": highest resolution, default flag first, pictures skipped.
+
+    Cover art and timed thumbnails are never the video: a file with only those (an audio file with artwork) has
+    no video. Still-image streams (an image opened as a video) are used only when nothing moves.
+    """
     videos = list(container.streams.video)
     if not videos:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoDecodeError(f"{path}: the file has no video stream (streams: {', '.join(kinds)})")
-    moving = [s for s in videos if not any(_has_disposition(s, name) for name in _NOT_VIDEO)]
-    if not moving:
+    candidates = [s for s in videos if not any(_has_disposition(s, name) for name in _NOT_VIDEO)]
+    candidates = candidates or [s for s in videos if _has_disposition(s, "still_image")]
+    if not candidates:
         raise VideoDecodeError(
             f"{path}: the file has no video stream, only a still picture (cover art or thumbnail) attached to it"
         )
@@ -110,7 +116,7 @@ def choose_video_stream(container, path: str):
         area = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
         return area + _DEFAULT_STREAM_BONUS * _has_disposition(stream, "default"), -stream.index
 
-    return max(moving, key=score)
+    return max(candidates, key=score)
 
 
 def _has_disposition(stream, name: str) -> bool:
