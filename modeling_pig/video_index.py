@@ -87,26 +87,26 @@ def index_stream(container, stream, path: str, end: float | None) -> Timeline:
     discontinuous = has_discontinuities(container)
     entries: list[Entry] = []
     first_key_pts = first_shown_pts = end_pts = None
+    clip_end_pending = end is not None and not discontinuous and bool(time_base)
     reached_end = True
     try:
         for packet in container.demux(stream):
-            if packet.size == 0:
+            if not packet.size:
                 continue  # the flush packet PyAV appends, or an empty AVI chunk (a dropped frame: nothing to show)
-            pts, dts = packet.pts, packet.dts
-            if (end is not None and end_pts is None and not discontinuous and time_base
-                    and first_key_pts is not None and first_shown_pts is not None):
-                # no frame before the first keyframe or the first shown packet can start the clip later than these
-                end_pts = max(first_key_pts, first_shown_pts) + math.ceil(end / time_base) + 1
-            if end_pts is not None and dts is not None and dts > end_pts and len(entries) > 1:
+            entry = Entry(packet.pts, packet.dts, packet.is_keyframe, packet.is_discard)
+            if end_pts is not None and entry.dts is not None and entry.dts > end_pts and len(entries) > 1:
                 # decode timestamps only grow and pts >= dts: no later packet can be shown before `end`
                 reached_end = False
                 break
-            entry = Entry(pts, dts, bool(packet.is_keyframe), bool(packet.is_discard))
             entries.append(entry)
-            if entry.key and first_key_pts is None:
-                first_key_pts = pts
-            if not entry.discard and first_shown_pts is None:
-                first_shown_pts = pts
+            if first_key_pts is None and entry.key:
+                first_key_pts = entry.pts
+            if first_shown_pts is None and not entry.discard:
+                first_shown_pts = entry.pts
+            if clip_end_pending and first_key_pts is not None and first_shown_pts is not None:
+                # no frame before the first keyframe or the first shown packet can start the clip later than these
+                end_pts = max(first_key_pts, first_shown_pts) + math.ceil(end / time_base) + 1
+                clip_end_pending = False
     except av.error.FFmpegError as err:
         raise VideoDecodeError(
             f"{path}: reading the video stream failed after {len(entries)} packets ({describe_error(err)}); "
@@ -173,11 +173,12 @@ def build_timeline(entries, stream, discontinuous: bool, reached_end: bool, head
             # A stream whose codec reorders frames (B-frames) but whose packets all carry pts == dts (OpenCV's
             # writer does this) has timestamps that do not give the display order: only counting decoded frames
             # is right then. Such files are told apart here; anything subtler is caught while decoding.
-            reorders = bool(getattr(stream.codec_context, "has_b_frames", 0))
-            shown_entries = [e for i, e in enumerate(entries) if not e.discard and i not in dropped]
-            copied = all(e.pts == e.dts for e in shown_entries) and all(
-                a.pts < b.pts for a, b in zip(shown_entries, shown_entries[1:]))
-            trusted = sum(1 for s in segments if s) == 1 and not (reorders and copied) and num_frames > 1
+            copied = False
+            if getattr(stream.codec_context, "has_b_frames", 0):  # the codec reorders frames
+                shown_entries = [e for i, e in enumerate(entries) if not e.discard and i not in dropped]
+                copied = all(e.pts == e.dts for e in shown_entries) and all(
+                    a.pts < b.pts for a, b in zip(shown_entries, shown_entries[1:]))
+            trusted = sum(1 for s in segments if s) == 1 and not copied and num_frames > 1
     else:
         rate = stream.average_rate or stream.guessed_rate
         seconds = [i / float(rate) for i in range(num_frames)] if rate else []

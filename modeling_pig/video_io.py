@@ -271,7 +271,7 @@ def _read_sequentially(path, stream_index, packets, timeline, plan, sampling, ge
     """
     num_frames, mode, start, end = sampling
     to_end = timeline.reached_end and plan.clip_range[1] == timeline.num_frames - 1
-    kept, seen = _decode_by_count(path, packets, plan.indices, _KEEP_NEAR_TARGETS, to_end, stats, geometry)
+    kept, spare, seen = _decode_by_count(path, packets, plan.indices, _KEEP_NEAR_TARGETS, to_end, stats, geometry)
     if not seen:
         raise VideoDecodeError(f"{path}: no frame of the video stream decodes ({_why_nothing(stats)})")
     corrected = timeline.observed(seen, complete=to_end or len(seen) <= max(plan.indices))
@@ -280,11 +280,12 @@ def _read_sequentially(path, stream_index, packets, timeline, plan, sampling, ge
         timeline = corrected
         _restore_rng(generator, rng_state)
         plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
+        kept.update((i, spare[i]()) for i in set(plan.indices) - kept.keys() if i in spare)
         if not set(plan.indices) <= kept.keys():
             stats.clear_errors()
             with open_container(path) as container:
                 packets = container.demux(container.streams[stream_index])
-                kept, seen = _decode_by_count(path, packets, plan.indices, 0, False, stats, geometry)
+                kept, _, seen = _decode_by_count(path, packets, plan.indices, 0, False, stats, geometry)
             if len(seen) <= max(plan.indices):
                 raise VideoDecodeError(f"{path}: the number of decodable frames changed between two decodes")
     return plan.result(kept, timeline, "sequential", stats, geometry)
@@ -544,29 +545,43 @@ def _decode_by_count(path: str, packets, indices, keep_before: int, to_end: bool
                      geometry: FrameGeometry):
     """Decode ``packets`` (from the stream's first packet on), counting frames as they come out.
 
-    Keeps (as RGB arrays) every frame whose index lies within ``keep_before`` frames before a target, the targets
-    included. They are converted as they come out: a decoder may still write into a frame's buffer after output
-    (H.264 error concealment does), so a PyAV frame kept for later is not what was shown. Stops after the last target, or at the end of the stream when
-    ``to_end``. Returns ``(kept, seen)``: ``seen`` holds the pts of every frame decoded, so its length is the
-    number of frames in the stream when it ended first. Damage is tolerated and counted (:func:`decode_packet`); an error
-    of the demuxer is not (the file is corrupt there).
+    Stops after the last target, or at the end of the stream when ``to_end``. Returns ``(kept, spare, seen)``:
+    ``kept`` maps each target index to its RGB array; ``spare`` maps the ``keep_before`` frames before each target
+    to a callable giving theirs (needed only if the count turns out to differ from the index); ``seen`` holds the
+    pts of every frame decoded, so its length is the number of frames in the stream when it ended first. Damage is
+    tolerated and counted (:func:`decode_packet`); an error of the demuxer is not (the file is corrupt there).
+
+    Targets are converted as they come out. A frame the decoder has output may still change while it conceals
+    damage (seen with H.264: frames at and after a damaged one, kept unconverted, later differed from a decode
+    that converts each at once), so once damage has been met every kept frame is converted at once too; on a
+    clean stream the spare frames wait, as they are rarely needed.
     """
-    keep = {i - back for i in indices for back in range(keep_before + 1) if i - back >= 0}
+    targets = set(indices)
+    spares = {i - back for i in targets for back in range(1, keep_before + 1) if i - back >= 0} - targets
     last_target = max(indices)
-    kept = {}
-    seen = []
+    kept, waiting, seen = {}, {}, []
     try:
         for packet in packets:
             stats.packets += bool(packet.size)
             for frame in decode_packet(packet, stats):
-                if len(seen) in keep:
-                    kept[len(seen)] = geometry.rgb(frame)
+                index = len(seen)
+                if index in targets or (index in spares and stats.errors):
+                    kept[index] = geometry.rgb(frame)
+                elif index in spares:
+                    waiting[index] = frame
+                if stats.errors and waiting:
+                    kept.update((i, geometry.rgb(f)) for i, f in waiting.items())
+                    waiting.clear()
                 seen.append(frame.pts)
                 if len(seen) > last_target and not to_end:
-                    return kept, seen
+                    return kept, _spare(waiting, geometry), seen
     except av.error.FFmpegError as err:
         raise VideoDecodeError(
             f"{path}: reading the video stream failed after {len(seen)} frames ({describe_error(err)}); "
             "the file is corrupt"
         ) from err
-    return kept, seen
+    return kept, _spare(waiting, geometry), seen
+
+
+def _spare(waiting: dict, geometry: FrameGeometry) -> dict:
+    return {index: (lambda frame=frame: geometry.rgb(frame)) for index, frame in waiting.items()}
