@@ -252,12 +252,16 @@ def read_video(
             except _FallBack as reason:
                 logger.debug("%s: decoding in order from the first frame (%s)", path, reason)
                 stats.clear_errors()  # the counting pass decodes those packets again
-    # The counting pass gets a fresh container and decoder: a decoder flushed by a seek does not conceal damage
-    # exactly as a fresh one does, and the reference is a fresh decode from the first packet.
+        sampling = (num_frames, mode, start, end)
+        packets = _rewind(container, stream, timeline)
+        if packets is not None:
+            return _read_sequentially(path, stream_index, packets, timeline, plan, sampling, generator, rng_state,
+                                      stats, geometry)
+    # The container could not be brought back to its first packet: open it again.
     with open_container(path) as container:
         packets = container.demux(container.streams[stream_index])
-        return _read_sequentially(path, stream_index, packets, timeline, plan, (num_frames, mode, start, end),
-                                  generator, rng_state, stats, geometry)
+        return _read_sequentially(path, stream_index, packets, timeline, plan, sampling, generator, rng_state,
+                                  stats, geometry)
 
 
 def _read_sequentially(path, stream_index, packets, timeline, plan, sampling, generator, rng_state, stats,
@@ -531,6 +535,19 @@ def _seek(container, stream, timeline: Timeline, pts: int, dts: int | None, max_
         if landing is not None and landing <= max_position:
             return itertools.chain([first], packets), landing
     raise _FallBack(f"no seek lands at or before packet {max_position}")
+
+
+def _rewind(container, stream, timeline: Timeline):
+    """The container's packets from the stream's very first packet on (the decoder flushed by the seek), or None
+    when seeking cannot get there; cheaper than opening the file again, which probes the streams anew."""
+    first = timeline.entries[0]
+    if first.pts is None:
+        return None
+    try:
+        packets, _ = _seek(container, stream, timeline, first.pts, first.dts, max_position=0)
+        return packets
+    except (_FallBack, av.error.FFmpegError):
+        return None
 
 
 def _keyframe_before(timeline: Timeline, pts: int) -> int:
