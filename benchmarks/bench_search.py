@@ -39,7 +39,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_bytes, machine_description, markdown_table, rss_bytes, write_json  # noqa: E402
 
-from modeling_pig.retrieval import EXACT_FLOAT32_CACHE_BYTES, VideoIndex  # noqa: E402
+from modeling_pig.index import VideoIndex  # noqa: E402
+from modeling_pig.search_backends import EXACT_FLOAT32_CACHE_BYTES  # noqa: E402
 
 DIM = 512
 K = 10
@@ -81,11 +82,8 @@ def noisy_queries(store: torch.Tensor, num: int, seed: int) -> torch.Tensor:
 
 
 def faiss_bytes(index: VideoIndex) -> int:
-    if index._faiss_index is None:
-        return 0
-    import faiss
-
-    return int(faiss.serialize_index(index._faiss_index).nbytes)
+    """Bytes of the FAISS index (serialised); 0 for exact search."""
+    return 0 if index.backend == "exact" else index.search_backend.nbytes()
 
 
 def measure(index: VideoIndex, queries: torch.Tensor) -> dict:

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import datasets
 
+from modeling_pig.video_io import VIDEO_EXTENSIONS  # one list for the library and the loaders
+
 logger = logging.getLogger(__name__)
 
-# Order matters: when two files share a stem (video0.mp4 and video0.webm) the earlier extension wins.
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".3g2",
-                    ".mts", ".m2ts", ".ts", ".flv", ".ogv")
 MISSING_VIDEO_POLICIES = ("error", "drop", "keep")
 # How many missing ids an error message lists before it says "...".
 MAX_LISTED = 10

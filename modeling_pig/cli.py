@@ -3,10 +3,14 @@
     pig index VIDEO_DIR --model MODEL --out INDEX [--recursive] [--batch_size 16] [--num_workers 2]
     pig search INDEX "a man plays a guitar" [-k 5]
     pig info INDEX
+    pig convert --from pig|fpig|clip-vip|clip4clip CHECKPOINT --out DIR [--clip CLIP] [--config CONFIG.json]
 
 `index` embeds every video once (resumable: rerun the same command after an interruption), skips and
-lists unreadable files, and writes the index folder (see `modeling_pig.retrieval.VideoIndex`). The index
+lists unreadable files, and writes the index folder (see `modeling_pig.index.VideoIndex`). The index
 records the model path, so `search` embeds the query with the same model's text tower.
+
+`main(argv)` runs one command in the calling process and returns its exit status: 0, or 2 with one line on
+stderr naming what was wrong for a user mistake (missing folder, not an index, unknown model).
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ from pathlib import Path
 
 import torch
 
-from .retrieval import BACKENDS, DEFAULT_FAISS_THRESHOLD, VideoIndex, find_videos
+from .convert import add_convert_parser, run_convert
+from .index import DEFAULT_FAISS_THRESHOLD, VideoIndex
+from .search_backends import backend_names
+from .loader import load_model_and_processor
+from .video_io import find_videos
 
 logger = logging.getLogger("modeling_pig.cli")
 
@@ -41,7 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch_size", type=int, default=16, help="videos per forward pass")
     index.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
                        help="video decoding workers")
-    index.add_argument("--backend", default="auto", choices=BACKENDS,
+    index.add_argument("--backend", default="auto", choices=backend_names(),
                        help="search backend (auto: exact up to --faiss_threshold videos, FAISS IVF above)")
     index.add_argument("--faiss_threshold", type=int, default=DEFAULT_FAISS_THRESHOLD)
     index.add_argument("--target_recall", type=float, default=0.95,
@@ -59,15 +67,28 @@ def _build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe an index (size, backend, unreadable videos, FAISS recall)")
     info.add_argument("index")
+
+    add_convert_parser(sub)  # `pig convert`: modeling_pig/convert.py
     return parser
 
 
-def _load_model(model_path: str, device: str):
-    from .modeling_pig import PIGModel
-    from .processing_pig import PIGProcessor
+class UserError(Exception):
+    """A mistake in the command line or its inputs: reported as one line, exit status 2."""
 
-    model = PIGModel.from_pretrained(model_path).to(device).eval()
-    return model, PIGProcessor.from_pretrained(model_path)
+
+def _load(model_path: str, device: str):
+    """The model and processor of `model_path`; a folder or id that holds none is a user error."""
+    try:
+        return load_model_and_processor(model_path, device)
+    except (OSError, ValueError) as err:  # transformers: no such folder, not a model folder, unknown Hub id
+        raise UserError(f"--model {model_path}: cannot load a model from it ({str(err).splitlines()[0]})") from err
+
+
+def _load_index(folder: str) -> VideoIndex:
+    try:
+        return VideoIndex.load(folder)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from err
 
 
 def _print_failed(index: VideoIndex, limit: int = 20) -> None:
@@ -88,13 +109,13 @@ def _recall_line(index: VideoIndex) -> str:
 
 
 def cmd_index(args) -> int:
+    if not os.path.isdir(args.video_dir):
+        raise UserError(f"{args.video_dir}: not a folder")
     paths = find_videos(args.video_dir, recursive=args.recursive)
     if not paths:
-        print(f"error: no video files in {args.video_dir}" + ("" if args.recursive else " (try --recursive)"),
-              file=sys.stderr)
-        return 2
+        raise UserError(f"no video files in {args.video_dir}" + ("" if args.recursive else " (try --recursive)"))
     model_path = str(Path(args.model).resolve()) if os.path.isdir(args.model) else args.model
-    model, processor = _load_model(model_path, args.device)
+    model, processor = _load(model_path, args.device)
     index = VideoIndex.build(model, processor, paths, batch_size=args.batch_size, num_workers=args.num_workers,
                              out_dir=args.out, model_path=model_path, backend=args.backend,
                              faiss_threshold=args.faiss_threshold, target_recall=args.target_recall)
@@ -113,21 +134,22 @@ def format_results(query: str, results: list[tuple[str, float]]) -> str:
 
 def cmd_search(args) -> int:
     if args.k < 1:
-        print("error: -k must be >= 1", file=sys.stderr)
-        return 2
-    index = VideoIndex.load(args.index)
+        raise UserError("-k must be >= 1")
+    index = _load_index(args.index)
     model_path = args.model or index.model_path
     if not model_path:
-        print("error: the index records no model; pass --model", file=sys.stderr)
-        return 2
-    index.attach_model(*_load_model(model_path, args.device))  # refuses other weights than the index's
+        raise UserError(f"{args.index}: the index records no model; pass --model")
+    try:
+        index.attach_model(*_load(model_path, args.device))  # refuses other weights than the index's
+    except ValueError as err:
+        raise UserError(str(err)) from err
     results = index.search(list(args.query), k=args.k)
     print("\n\n".join(format_results(q, r) for q, r in zip(args.query, results)))
     return 0
 
 
 def cmd_info(args) -> int:
-    index = VideoIndex.load(args.index)
+    index = _load_index(args.index)
     print(f"{args.index}: {len(index)} videos, {index.dim}-d fp16 vectors, model {index.model_path}")
     print(_recall_line(index))
     _print_failed(index)
@@ -135,11 +157,19 @@ def cmd_info(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of the `pig` console script."""
-    args = _build_parser().parse_args(argv)
+    """Entry point of the `pig` console script: run one command, return its exit status (2: user error)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed the usage error
+        return int(exit_.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info}
-    return commands[args.command](args)
+    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "convert": run_convert}
+    try:
+        return commands[args.command](args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,9 +76,17 @@ __all__ = [
     "read_video_frames",
     "decode_all_frames",
     "SEEK_MIN_SKIPPED_PACKETS",
+    "VIDEO_EXTENSIONS",
+    "find_videos",
 ]
 
 logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".3g2",
+                    ".mts", ".m2ts", ".ts", ".flv", ".ogv")
+"""File name suffixes (lower case) treated as videos wherever files are found by name: `find_videos`
+(`pig index`) and the benchmark loaders. Order matters to the loaders: when two files share a stem (video0.mp4
+and video0.webm) the earlier extension wins."""
 
 SEEK_MIN_SKIPPED_PACKETS = 4
 """Seek to the keyframe before the next target only when that skips at least this many packets.
@@ -96,6 +105,17 @@ _TIME_EPS = 1e-6  # seconds; tolerance when comparing clip bounds with frame tim
 # Decoders whose skip_frame="NONREF" drops exactly the frames nothing refers to (checked against full decodes in
 # tests/test_video_corpus.py). Others (AV1 through libdav1d) decode every packet from the keyframe on.
 _SKIP_NONREF_DECODERS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "vp8", "vp9"})
+
+
+def find_videos(folder: str | os.PathLike, recursive: bool = False,
+                extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[str]:
+    """Absolute paths of the video files in `folder` (by extension, case-insensitive), sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder")
+    extensions = tuple(e.lower() for e in extensions)
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    return sorted(str(p.resolve()) for p in pattern if p.is_file() and p.suffix.lower() in extensions)
 
 
 def sample_frame_indices(

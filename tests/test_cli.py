@@ -1,4 +1,5 @@
-"""The `pig` console script end to end (subprocesses), with a tiny random PIG model saved to disk."""
+"""The `pig` console script end to end, in-process through `main` (plus one subprocess smoke test of the
+installed entry point), with a tiny random PIG model saved to disk."""
 
 import os
 import shutil
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_clip_config_dict
+from conftest import tiny_pig_config
 
-from modeling_pig.cli import format_results
+from modeling_pig.cli import format_results, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,12 +19,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def tiny_pig(seed: int = 0):
     """A tiny random PIGModel + PIGProcessor (4 frames of 32 px; the real CLIP tokenizer, so the tiny text
     tower gets CLIP's vocabulary size and special ids)."""
-    from modeling_pig import PIGConfig, PIGModel, PIGProcessor
+    from modeling_pig import PIGModel, PIGProcessor
 
     torch.manual_seed(seed)
-    clip = tiny_clip_config_dict(text_config=dict(vocab_size=49408, bos_token_id=49406, eos_token_id=49407,
-                                                  pad_token_id=49407))
-    model = PIGModel(PIGConfig(clip_config=clip, num_frames=4, its_top_k=4)).eval()
+    model = PIGModel(tiny_pig_config(real_vocabulary=True, num_frames=4, its_top_k=4)).eval()
     return model, PIGProcessor(num_frames=4, image_size=32)
 
 
@@ -42,12 +41,21 @@ def pig_command() -> list[str]:
 
 
 def run_pig(*args, cwd):
+    """`pig ARGS` in a fresh process (the installed console script)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(pig_command() + [str(a) for a in args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=300)
 
 
-def test_pig_index_then_search_end_to_end(tiny_model_dir, shared_videos, tmp_path):
+def pig(capsys, *args):
+    """`pig ARGS` in this process through `main`: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_pig_index_then_search_end_to_end(tiny_model_dir, shared_videos, tmp_path, capsys):
     videos = tmp_path / "videos"
     (videos / "more").mkdir(parents=True)
     chosen = {p.name: p for p in shared_videos}
@@ -57,24 +65,25 @@ def test_pig_index_then_search_end_to_end(tiny_model_dir, shared_videos, tmp_pat
     (videos / "notes.txt").write_text("not a video")
     out = tmp_path / "index"
 
-    done = run_pig("index", videos, "--model", tiny_model_dir, "--out", out, "--recursive", "--batch_size", 2,
-                   "--num_workers", 0, "--device", "cpu", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "indexed 2 of 3 videos" in done.stdout
-    assert "1 unreadable video(s) skipped" in done.stdout and "broken.mp4" in done.stdout
+    status, stdout, stderr = pig(capsys, "index", videos, "--model", tiny_model_dir, "--out", out, "--recursive",
+                                 "--batch_size", 2, "--num_workers", 0, "--device", "cpu")
+    assert status == 0, stderr
+    assert "indexed 2 of 3 videos" in stdout
+    assert "1 unreadable video(s) skipped" in stdout and "broken.mp4" in stdout
     assert (out / "index.json").is_file() and (out / "embeddings.safetensors").is_file()
 
-    found = run_pig("search", out, "a man talks in a car", "a smiling face", "-k", 2, "--device", "cpu",
-                    cwd=tmp_path)
-    assert found.returncode == 0, found.stderr
-    lines = found.stdout.splitlines()
+    status, stdout, stderr = pig(capsys, "search", out, "a man talks in a car", "a smiling face", "-k", 2,
+                                 "--device", "cpu")
+    assert status == 0, stderr
+    lines = stdout.splitlines()
     assert lines[0] == "query: a man talks in a car" and "query: a smiling face" in lines
     ranked = [line for line in lines if line.strip().startswith(("1 ", "2 "))]
     assert len(ranked) == 4
     assert {line.split()[-1] for line in ranked} == {str(videos / "face.mp4"), str(videos / "more" / "car.mp4")}
 
+    # the installed console script, in a fresh process (the only subprocess of this file)
     info = run_pig("info", out, cwd=tmp_path)
-    assert info.returncode == 0 and "2 videos" in info.stdout and "exact" in info.stdout
+    assert info.returncode == 0 and "2 videos" in info.stdout and "exact" in info.stdout, info.stderr
 
 
 def test_search_scores_match_the_library(tiny_model_dir, shared_videos, tmp_path):
@@ -100,8 +109,25 @@ def test_format_results_is_a_ranked_table():
     assert table == ["query: q", "rank    score  video", "   1   0.5000  /a.mp4", "   2   0.2500  /b.mp4"]
 
 
-def test_index_of_an_empty_folder_fails_clearly(tmp_path):
+def test_index_of_an_empty_folder_fails_clearly(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    done = run_pig("index", tmp_path / "empty", "--model", tmp_path / "nowhere", "--out", tmp_path / "i",
-                   cwd=tmp_path)
-    assert done.returncode == 2 and "no video files" in done.stderr
+    status, _, stderr = pig(capsys, "index", tmp_path / "empty", "--model", tmp_path / "nowhere", "--out",
+                            tmp_path / "i")
+    assert status == 2 and stderr.strip() == f"error: no video files in {tmp_path / 'empty'} (try --recursive)"
+
+
+def test_user_mistakes_are_one_line_and_exit_status_2(tmp_path, shared_videos, capsys):
+    (tmp_path / "videos").mkdir()
+    shutil.copy(shared_videos[0], tmp_path / "videos" / "a.mp4")
+    cases = {
+        ("index", tmp_path / "missing", "--model", tmp_path, "--out", tmp_path / "i"): "missing: not a folder",
+        ("index", tmp_path / "videos", "--model", tmp_path / "nowhere", "--out", tmp_path / "i"): "--model",
+        ("search", tmp_path / "videos", "a dog"): "not a VideoIndex folder",
+        ("info", tmp_path / "nothing"): "not a VideoIndex folder",
+    }
+    for args, expected in cases.items():
+        status, _, stderr = pig(capsys, *args)
+        assert status == 2 and expected in stderr, (args, stderr)
+        assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    status, _, stderr = pig(capsys, "search")  # argparse's own usage error
+    assert status == 2 and "usage: pig" in stderr

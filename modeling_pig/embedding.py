@@ -1,0 +1,530 @@
+"""One embedding store, and the text/video encoders that fill it.
+
+Every vector this package computes for later use goes through `EmbeddingStore`: the resumable build of a
+`VideoIndex`, the reuse of old vectors when an index is rebuilt, and the embedding cache of a benchmark
+evaluation are all "open the store in folder X":
+
+    store = EmbeddingStore("my_cache")                       # any folder; created when missing
+    encoded = encode_videos(model, processor, paths, store=store)   # embeds only what the store lacks
+    texts = encode_texts(model, processor, captions, store=store)
+
+A store folder holds one section per *key* (model weights fingerprint, processor settings, storage dtype):
+vectors of another model or another frame count never mix. Inside a section, each vector is found by the
+*signature* of its item: a video's path, clip bounds, file size and mtime (a file that changed is embedded
+again), or a text itself. Failures (videos that do not decode) are stored too, so they are not retried.
+
+Layout on disk:
+
+    FOLDER/<key>/manifest.json                  model fingerprint, processor settings, dtype, format
+    FOLDER/<key>/shard-<time>-<pid>-<n>.safetensors   "embeddings" [m, D]; metadata: item signatures, failures
+
+Shards are written to a temporary name, flushed to disk and renamed, so a crash never leaves a half-written
+shard, and every writer (one per process in a distributed build) writes shards of its own name.
+
+(Over 450 lines because the store and the two encoders that fill it are one protocol: what counts as done,
+when it is flushed, what an interruption keeps.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EmbeddingStore",
+    "StoreSection",
+    "EncodedVideos",
+    "encode_texts",
+    "encode_videos",
+    "model_fingerprint",
+    "processor_signature",
+    "video_signature",
+    "text_signature",
+]
+
+STORE_FORMAT_VERSION = 1
+# Finished vectors are written to the store at least every this many items and this many seconds.
+FLUSH_EVERY = 512
+FLUSH_SECONDS = 60.0
+
+
+# ------------------------------------------------------------------------------------------------------
+# Keys and signatures
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of the model's class, config and every parameter/buffer value (changes whenever a weight does).
+
+    The model half of a store key, and the check that an index is searched with the model that built it.
+    Hashing reads all weights once (about a second for a ViT-B/32 model).
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(type(model).__qualname__.encode())
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def processor_signature(processor) -> str:
+    """The processor settings that change pixel values or tokens (frames, size, resizing, max length)."""
+    if hasattr(processor, "to_dict"):
+        settings = processor.to_dict()
+    else:
+        settings = {k: v for k, v in vars(processor).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    settings = {k: v for k, v in settings.items() if k not in ("processor_class", "auto_map")}
+    for attribute in ("num_frames", "image_size", "max_length", "resize_mode"):
+        if hasattr(processor, attribute):
+            settings[attribute] = getattr(processor, attribute)
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def video_signature(path: str | None, start=None, end=None) -> str:
+    """Identifies one video clip and the state of its file (size, mtime): equal signature, equal embedding."""
+    try:
+        stat = os.stat(path) if path is not None else None
+    except OSError:
+        stat = None
+    size, mtime = (stat.st_size, stat.st_mtime_ns) if stat else (-1, -1)
+    return json.dumps([path, start, end, size, mtime])
+
+
+def text_signature(text: str) -> str:
+    """The signature of a text item (the text itself, tagged so that it never equals a video's)."""
+    return json.dumps(["text", text])
+
+
+def _atomic_write(path: Path, write) -> None:
+    """`write(tmp_path)`, flush it to disk, then rename over `path`: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every filesystem)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+# ------------------------------------------------------------------------------------------------------
+# The store
+
+
+class StoreSection:
+    """The vectors of one key (model, processor settings, dtype) in a store folder: signature -> vector.
+
+    Reads every shard at construction (a `signature -> (shard, row)` table; the shards' tensors stay as they
+    are), buffers new vectors with `add` / `add_failed`, and writes them as one new shard on `flush`.
+    """
+
+    def __init__(self, folder: Path, manifest: dict, writer: str | None = None):
+        self.folder = folder
+        self.manifest = manifest
+        self.dtype = getattr(torch, manifest["dtype"].removeprefix("torch."))
+        self._writer = writer or f"{time.time_ns():020d}-{os.getpid()}"
+        self._written = 0
+        self._shards: list[torch.Tensor] = []
+        self._rows: dict[str, tuple[int, int]] = {}
+        self.failed: dict[str, str] = {}
+        self._pending_items: list[str] = []
+        self._pending_rows: list[torch.Tensor] = []
+        self._pending_failed: dict[str, str] = {}
+        self.reload()
+
+    def shard_files(self) -> list[Path]:
+        return sorted(self.folder.glob("shard-*.safetensors"))
+
+    def reload(self) -> None:
+        """Read every shard on disk again (e.g. after other processes wrote theirs)."""
+        self._shards, self._rows, self.failed = [], {}, {}
+        for shard in self.shard_files():
+            with safe_open(str(shard), framework="pt") as handle:
+                metadata = handle.metadata()
+                embeddings = handle.get_tensor("embeddings")
+            items = json.loads(metadata["items"])
+            if len(items) != embeddings.shape[0]:
+                raise ValueError(f"{shard}: {embeddings.shape[0]} embeddings but {len(items)} item signatures")
+            number = len(self._shards)
+            self._shards.append(embeddings)
+            self._rows.update((item, (number, row)) for row, item in enumerate(items))
+            self.failed.update(json.loads(metadata["failed"]))
+        for item in self._rows:  # an item that later decoded is no longer a failure
+            self.failed.pop(item, None)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, signature: str) -> bool:
+        """Whether `signature` has a vector (buffered ones included)."""
+        return signature in self._rows
+
+    def has(self, signature: str) -> bool:
+        """Whether `signature` has a vector or a recorded failure (i.e. needs no work)."""
+        return signature in self._rows or signature in self.failed
+
+    def get(self, signatures: Sequence[str]) -> torch.Tensor:
+        """The vectors of `signatures`, `[len(signatures), D]` in the store's dtype (KeyError if one is absent)."""
+        if not signatures:
+            return torch.empty(0, 0, dtype=self.dtype)
+        located = torch.tensor([self._rows[signature] for signature in signatures], dtype=torch.int64)  # [n, 2]
+        out = torch.empty(len(signatures), self._shards[int(located[0, 0])].shape[1], dtype=self.dtype)
+        for shard in located[:, 0].unique().tolist():  # one gather per shard, not one per row
+            where = (located[:, 0] == shard).nonzero().squeeze(1)
+            out[where] = self._shards[shard].index_select(0, located[where, 1])
+        return out
+
+    def signatures(self) -> list[str]:
+        return list(self._rows)
+
+    def add(self, signatures: Sequence[str], vectors: torch.Tensor) -> None:
+        """Buffer new vectors `[len(signatures), D]` (readable at once, on disk at the next `flush`)."""
+        vectors = vectors.detach().to("cpu", self.dtype).contiguous()
+        if vectors.shape[0] != len(signatures):
+            raise ValueError(f"{vectors.shape[0]} vectors for {len(signatures)} signatures")
+        self._pending_items.extend(signatures)
+        self._pending_rows.append(vectors)
+        # visible to `get` at once: the pending rows form a provisional shard
+        self._shards.append(vectors)
+        number = len(self._shards) - 1
+        self._rows.update((item, (number, row)) for row, item in enumerate(signatures))
+        for item in signatures:
+            self.failed.pop(item, None)
+
+    def add_failed(self, signature: str, reason: str) -> None:
+        self.failed[signature] = self._pending_failed[signature] = reason
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending_items) + len(self._pending_failed)
+
+    def flush(self) -> None:
+        """Write the buffered vectors and failures as one new shard (crash-safe); no-op when nothing is buffered."""
+        if not self.num_pending:
+            return
+        rows = torch.cat(self._pending_rows) if self._pending_rows else torch.empty(0, 0, dtype=self.dtype)
+        path = self.folder / f"shard-{self._writer}-{self._written:06d}.safetensors"
+        metadata = {"items": json.dumps(self._pending_items), "failed": json.dumps(self._pending_failed)}
+        _atomic_write(path, lambda tmp: save_file({"embeddings": rows}, str(tmp), metadata=metadata))
+        self._written += 1
+        self._pending_items, self._pending_rows, self._pending_failed = [], [], {}
+
+    def compact(self, keep: Iterable[str] | None = None) -> None:
+        """Rewrite the section as one shard holding the signatures in `keep` (default: all of them).
+
+        Call it when no other process writes to this section (`VideoIndex.build` does it once the index is
+        saved): items not kept (files deleted or changed since) are dropped.
+        """
+        self.flush()
+        keep_set = set(self._rows) if keep is None else set(keep)
+        items = [item for item in self._rows if item in keep_set]
+        failed = {item: reason for item, reason in self.failed.items() if item in keep_set}
+        old = self.shard_files()
+        self._pending_items, self._pending_rows = list(items), ([self.get(items)] if items else [])
+        self._pending_failed = failed
+        self._writer = f"{time.time_ns():020d}-{os.getpid()}"
+        self._written = 0
+        if self.num_pending:
+            self.flush()
+        for shard in old:
+            shard.unlink()
+        self.reload()
+
+
+class EmbeddingStore:
+    """A folder of embeddings, one `StoreSection` per (model fingerprint, processor settings, dtype).
+
+    Args:
+        folder: created when missing.
+        dtype: the dtype vectors are stored (and returned) in: float32 for evaluation caches, float16 for an
+            index's store. Part of the key: a float16 and a float32 store in one folder are separate sections.
+    """
+
+    def __init__(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32):
+        self.folder = Path(folder)
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"EmbeddingStore({str(self.folder)!r}, dtype={self.dtype})"
+
+    def key(self, model_fp: str, processor_settings: str) -> str:
+        text = f"{model_fp}\n{processor_settings}\n{self.dtype}"
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+    def section(self, model_fp: str, processor_settings: str, writer: str | None = None) -> StoreSection:
+        """The section of this key (created when missing). `writer` names this writer's shards (default: time
+        and process id, unique per opening)."""
+        key = self.key(model_fp, processor_settings)
+        folder = self.folder / key
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest_path = folder / "manifest.json"
+        manifest = {"format": STORE_FORMAT_VERSION, "model_fingerprint": model_fp,
+                    "processor_settings": processor_settings, "dtype": str(self.dtype)}
+        if manifest_path.is_file():
+            found = json.loads(manifest_path.read_text())
+            if found != manifest:
+                raise ValueError(f"{manifest_path}: manifest {found} does not match its key {key} ({manifest}); "
+                                 "the store folder was modified by hand: delete this section to start over")
+        else:
+            atomic_write_text(manifest_path, json.dumps(manifest))
+        return StoreSection(folder, manifest, writer)
+
+    def keys(self) -> list[str]:
+        return sorted(p.parent.name for p in self.folder.glob("*/manifest.json"))
+
+    def remove_other_sections(self, keep: StoreSection) -> None:
+        """Delete every section but `keep` (an index's store keeps the vectors of its current model only)."""
+        for key in self.keys():
+            folder = self.folder / key
+            if folder != keep.folder:
+                for path in folder.iterdir():
+                    path.unlink()
+                folder.rmdir()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters(), None)
+    if param is None:
+        return torch.device("cpu"), torch.float32
+    return param.device, param.dtype if param.dtype.is_floating_point else torch.float32
+
+
+@contextlib.contextmanager
+def inference(model: torch.nn.Module):
+    """eval() + no_grad for the duration, restoring the model's training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():  # not inference_mode: its tensors refuse later in-place use by callers
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _open_section(store: EmbeddingStore | StoreSection | None, model, processor, model_fp: str | None):
+    if store is None or isinstance(store, StoreSection):
+        return store
+    return store.section(model_fp or model_fingerprint(model), processor_signature(processor))
+
+
+def encode_texts(model, processor, texts: Sequence[str], batch_size: int = 256, show_progress: bool = True,
+                 desc: str = "texts", store: EmbeddingStore | StoreSection | None = None,
+                 model_fp: str | None = None) -> torch.Tensor:
+    """Embed texts with the text tower only.
+
+    Args:
+        model: has `get_text_features(input_ids, attention_mask).pooler_output`.
+        processor: `processor(text=[...], return_tensors="pt")` gives input_ids and attention_mask.
+        texts: the queries.
+        batch_size: texts per forward pass.
+        store: texts it holds (for this model and processor) are not embedded again; new ones are added.
+        model_fp: the model fingerprint when the caller has it (saves hashing the weights for the store key).
+
+    Returns:
+        float32 CPU tensor `[len(texts), D]`, L2-normalised rows.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not a single string")
+    texts = list(texts)
+    bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if bad:
+        raise ValueError(f"texts[{bad[0]}] = {texts[bad[0]]!r} is not a non-empty string ({len(bad)} such texts)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not texts:
+        raise ValueError("texts is empty")
+    section = _open_section(store, model, processor, model_fp)
+    signatures = [text_signature(text) for text in texts]
+    # texts in their given order (duplicates included): a run without a store batches exactly the same way
+    todo = [i for i, s in enumerate(signatures) if section is None or s not in section]
+    device, _ = _model_device_dtype(model)
+    chunks = []
+    with inference(model):
+        for start in tqdm(range(0, len(todo), batch_size), desc=f"Embedding {desc}", unit="batch",
+                          disable=not show_progress or len(todo) <= batch_size):
+            batch = processor(text=[texts[i] for i in todo[start:start + batch_size]], return_tensors="pt")
+            features = model.get_text_features(input_ids=batch["input_ids"].to(device),
+                                               attention_mask=batch["attention_mask"].to(device)).pooler_output
+            chunks.append(F.normalize(features.float(), dim=-1).cpu())  # [b, D]
+    computed = torch.cat(chunks) if chunks else None
+    if section is None:
+        return computed  # [n, D]
+    if computed is not None:
+        section.add([signatures[i] for i in todo], computed)
+        section.flush()
+    return section.get(signatures).float()  # [n, D]
+
+
+@dataclasses.dataclass
+class EncodedVideos:
+    """Result of `encode_videos`.
+
+    Attributes:
+        embeddings: `[len(positions), D]` L2-normalised rows, in the storage dtype.
+        positions: for each row, the position of its video in the input list (ascending).
+        failed: input position -> reason, for every video that could not be decoded.
+    """
+
+    embeddings: torch.Tensor
+    positions: list[int]
+    failed: dict[int, str]
+
+
+class _VideoClips(torch.utils.data.Dataset):
+    """Decodes and preprocesses one video per item (in a DataLoader worker); decode errors are returned."""
+
+    def __init__(self, processor, videos, starts, ends, positions):
+        self.processor = processor
+        self.videos, self.starts, self.ends, self.positions = videos, starts, ends, positions
+        if not callable(getattr(processor, "load_video", None)):
+            raise TypeError(f"{type(processor).__name__} has no load_video(path, mode, start, end) method; "
+                            "pass a PIGProcessor")
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, item):
+        from .video_io import VideoDecodeError  # PyAV is only needed when decoding
+
+        position = self.positions[item]
+        path = self.videos[position]
+        if path is None:
+            return position, None, "no video file (the dataset row has video=None)"
+        try:
+            # the processor's own decoding + preprocessing: num_frames test-time frames of [start, end)
+            pixel_values = self.processor.load_video(path, mode="test", start=self.starts[position],
+                                                     end=self.ends[position])  # [T, 3, S, S]
+        except VideoDecodeError as err:
+            return position, None, str(err)
+        return position, pixel_values, None
+
+
+def _collate_clips(items):
+    decoded = [(position, pixels) for position, pixels, _ in items if pixels is not None]
+    failed = {position: reason for position, pixels, reason in items if pixels is None}
+    pixel_values = torch.stack([pixels for _, pixels in decoded]) if decoded else None  # [b, T, 3, S, S]
+    return [position for position, _ in decoded], pixel_values, failed
+
+
+def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], batch_size: int = 16,
+                  starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
+                  num_workers: int = 0, store: EmbeddingStore | StoreSection | None = None,
+                  flush_every: int = FLUSH_EVERY, show_progress: bool = True, desc: str = "videos",
+                  model_fp: str | None = None) -> EncodedVideos:
+    """Embed videos with the video tower only, skipping (and reporting) the ones that cannot be decoded.
+
+    Each video is decoded and preprocessed by `processor.load_video(path, mode="test", start, end)` (the
+    processor's `num_frames` evenly spaced frames) inside DataLoader workers (`num_workers`).
+
+    Args:
+        model: has `get_video_features(pixel_values).pooler_output`.
+        processor: a PIGProcessor (or anything with `load_video(path, mode, start, end) -> [T, 3, S, S]`).
+        videos: video paths (None counts as a missing file).
+        batch_size: videos per forward pass.
+        starts, ends: optional clip bounds in seconds, one per video (None = whole file).
+        num_workers: DataLoader decoding workers (0 = decode in this process).
+        store: where finished vectors go, every `flush_every` videos or `FLUSH_SECONDS`, and when the run
+            stops on an exception or Ctrl-C (at most the batch in flight is lost). Videos it already holds for
+            this model and processor (same path, clip, file size and mtime), or knows to be unreadable, are not
+            embedded again. Without a store, nothing is written.
+        model_fp: the model fingerprint when the caller already has it (saves hashing the weights again).
+
+    Returns:
+        `EncodedVideos` (embeddings `[n_ok, D]` in the store's dtype, float32 without a store; their input
+        positions; failures). Failures are also logged.
+    """
+    videos = [os.fspath(v) if v is not None else None for v in videos]
+    n = len(videos)
+    starts = list(starts) if starts is not None else [None] * n
+    ends = list(ends) if ends is not None else [None] * n
+    if len(starts) != n or len(ends) != n:
+        raise ValueError(f"starts/ends must have one entry per video ({n}), got {len(starts)} and {len(ends)}")
+    if batch_size < 1 or flush_every < 1:
+        raise ValueError(f"batch_size and flush_every must be >= 1, got {batch_size} and {flush_every}")
+
+    signatures = [video_signature(v, s, e) for v, s, e in zip(videos, starts, ends)]
+    section = _open_section(store, model, processor, model_fp)
+    done: dict[str, torch.Tensor] = {}  # without a store: signature -> row
+    failed: dict[str, str] = {}
+    todo = [p for p in range(n) if section is None or not section.has(signatures[p])]
+    if len(todo) < n:
+        logger.info("%d of %d videos already in the embedding store %s: skipped", n - len(todo), n, section.folder)
+
+    device, dtype = _model_device_dtype(model)
+    loader = torch.utils.data.DataLoader(
+        _VideoClips(processor, videos, starts, ends, todo), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=_collate_clips, shuffle=False)
+    progress = tqdm(total=n, initial=n - len(todo), desc=f"Embedding {desc}", unit="video",
+                    disable=not show_progress)
+    last_flush = time.monotonic()
+    # `finally`: an interrupted run (exception, Ctrl-C, SIGTERM turned into an exception) keeps what it finished
+    with inference(model), progress:
+        try:
+            for positions, pixel_values, batch_failed in loader:
+                for position, reason in batch_failed.items():
+                    logger.warning("Skipping unreadable video %s: %s", videos[position], reason)
+                    failed[signatures[position]] = reason
+                    if section is not None:
+                        section.add_failed(signatures[position], reason)
+                if pixel_values is not None:
+                    features = model.get_video_features(
+                        pixel_values=pixel_values.to(device=device, dtype=dtype)).pooler_output  # [b, D]
+                    rows = F.normalize(features.float(), dim=-1).cpu()
+                    if section is None:
+                        done.update((signatures[p], row) for p, row in zip(positions, rows))
+                    else:
+                        section.add([signatures[p] for p in positions], rows)
+                progress.update(len(positions) + len(batch_failed))
+                if section is not None and (section.num_pending >= flush_every
+                                            or time.monotonic() - last_flush >= FLUSH_SECONDS):
+                    section.flush()
+                    last_flush = time.monotonic()
+        finally:
+            if section is not None:
+                section.flush()
+
+    if section is not None:
+        failed = {s: section.failed[s] for s in signatures if s in section.failed}
+        ok = [p for p in range(n) if signatures[p] in section]
+    else:
+        ok = [p for p in range(n) if signatures[p] in done]
+    ok_set = set(ok)
+    failures = {p: failed[signatures[p]] for p in range(n) if signatures[p] in failed and p not in ok_set}
+    if failures:
+        logger.warning("%d of %d videos could not be decoded and were skipped", len(failures), n)
+    if section is not None:
+        embeddings = section.get([signatures[p] for p in ok])  # [n_ok, D]
+    elif ok:
+        embeddings = torch.stack([done[signatures[p]] for p in ok])  # [n_ok, D]
+    else:
+        embeddings = torch.empty(0, 0)
+    return EncodedVideos(embeddings=embeddings, positions=ok, failed=failures)
