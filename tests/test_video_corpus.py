@@ -25,6 +25,7 @@ from modeling_pig.video_io import VideoDecodeError, decode_all_frames, read_vide
 
 FFPROBE, FFMPEG = shutil.which("ffprobe"), shutil.which("ffmpeg")
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.timeout(60)  # per case (file generation included); the broken ones get 30 s
 
 
 def bench_decode():
@@ -79,7 +80,6 @@ def assert_sample_equals_reference(sample, frames, context=""):
 # every valid file
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_the_full_decode_shows_what_the_file_was_made_of(corpus, name):
     case = VALID[name]
@@ -90,7 +90,6 @@ def test_the_full_decode_shows_what_the_file_was_made_of(corpus, name):
 
 
 @pytest.mark.skipif(not (FFPROBE and FFMPEG), reason="ffprobe/ffmpeg are not installed (.ci/run installs them)")
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_the_full_decode_agrees_with_ffprobe_and_ffmpeg(corpus, name):
     case, path = VALID[name], corpus.path(name)
@@ -110,7 +109,6 @@ def test_the_full_decode_agrees_with_ffprobe_and_ffmpeg(corpus, name):
     assert difference.max() < 3, f"frame {difference.argmax()} differs from ffmpeg's by {difference.max():.1f}"
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_sampled_frames_equal_the_full_decode(corpus, name):
     path = corpus.path(name)
@@ -153,7 +151,6 @@ def test_broken_files_are_refused_naming_the_file_and_the_cause(corpus, name):
 # what each kind of file is about
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", ["cut_h264_bframes.mp4", "cut_h264_no_bframes.mov", "cut_hevc_open_gop.mp4"])
 def test_a_stream_copy_cut_starts_at_the_cut_and_clips_count_from_there(corpus, name):
     path = corpus.path(name)
@@ -168,7 +165,6 @@ def test_a_stream_copy_cut_starts_at_the_cut_and_clips_count_from_there(corpus, 
     assert abs(clip.frames[0, 20:, 20:, 0].mean() - (CUT_FIRST_FRAME + 10) * 37 % 256) < 12
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", ["ts_discontinuity.ts", "ts_pts_wrap.ts", "ts_large_offset.ts"])
 def test_ts_timestamps_count_seconds_through_offsets_wraps_and_discontinuities(corpus, name):
     sample = read_video(corpus.path(name), 40)  # 40 frames: every one
@@ -264,7 +260,6 @@ def test_full_range_and_high_bit_depth_keep_their_colours(corpus, name):
         assert error.mean() < 6 and np.median(error) < 4, (name, i, error.mean())
 
 
-@pytest.mark.timeout(60)
 def test_av1_train_mode_and_clips_are_not_shifted(corpus):
     path = corpus.path("av1.mp4")
     frames = reference(path)
@@ -293,7 +288,6 @@ def test_a_rejected_packet_is_one_frame_fewer_counted_and_logged(corpus, caplog)
     assert_sample_equals_reference(sample, reference(path))
 
 
-@pytest.mark.timeout(60)
 def test_a_30_minute_video_is_sampled_without_decoding_it_whole(tmp_path):
     # 30 minutes at 5 frames/s (a smaller file to write than 25 frames/s; the same seeks), keyframes every 2 s
     path = bench_decode().make_long_video(tmp_path / "long.mp4", minutes=30, fps=5, gop=10, size=(64, 48))
