@@ -33,7 +33,10 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -55,6 +58,8 @@ __all__ = [
     "processor_signature",
     "video_signature",
     "text_signature",
+    "sigterm_raises",
+    "TerminationRequested",
 ]
 
 STORE_FORMAT_VERSION = 1
@@ -113,6 +118,11 @@ def text_signature(text: str) -> str:
     return json.dumps(["text", text])
 
 
+def _new_writer_name() -> str:
+    """Unique across processes and machines writing to one store; sorts by creation time."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
+
 def _atomic_write(path: Path, write) -> None:
     """`write(tmp_path)`, flush it to disk, then rename over `path`: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -147,7 +157,7 @@ class StoreSection:
         self.folder = folder
         self.manifest = manifest
         self.dtype = getattr(torch, manifest["dtype"].removeprefix("torch."))
-        self._writer = writer or f"{time.time_ns():020d}-{os.getpid()}"
+        self._writer = writer or _new_writer_name()
         self._written = 0
         self._shards: list[torch.Tensor] = []
         self._rows: dict[str, tuple[int, int]] = {}
@@ -202,6 +212,24 @@ class StoreSection:
     def signatures(self) -> list[str]:
         return list(self._rows)
 
+    def collect(self, signatures: Sequence[str]) -> "EncodedVideos":
+        """What the section holds for `signatures` (in order): vectors, their positions, and failures."""
+        ok = [p for p, s in enumerate(signatures) if s in self._rows]
+        failures = {p: self.failed[s] for p, s in enumerate(signatures) if s in self.failed and s not in self._rows}
+        return EncodedVideos(embeddings=self.get([signatures[p] for p in ok]), positions=ok, failed=failures)
+
+    @staticmethod
+    def read_items(folder: str | os.PathLike) -> tuple[set[str], dict[str, str]]:
+        """The signatures with a vector and the failures recorded in a section folder, from the shards'
+        metadata only (no vector is read): what `pig info` counts."""
+        items, failed = set(), {}
+        for shard in sorted(Path(folder).glob("shard-*.safetensors")):
+            with safe_open(str(shard), framework="pt") as handle:
+                metadata = handle.metadata()
+            items.update(json.loads(metadata["items"]))
+            failed.update(json.loads(metadata["failed"]))
+        return items, {item: reason for item, reason in failed.items() if item not in items}
+
     def add(self, signatures: Sequence[str], vectors: torch.Tensor) -> None:
         """Buffer new vectors `[len(signatures), D]` (readable at once, on disk at the next `flush`)."""
         vectors = vectors.detach().to("cpu", self.dtype).contiguous()
@@ -247,7 +275,7 @@ class StoreSection:
         old = self.shard_files()
         self._pending_items, self._pending_rows = list(items), ([self.get(items)] if items else [])
         self._pending_failed = failed
-        self._writer = f"{time.time_ns():020d}-{os.getpid()}"
+        self._writer = _new_writer_name()
         self._written = 0
         if self.num_pending:
             self.flush()
@@ -439,7 +467,7 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
                   starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
                   num_workers: int = 0, store: EmbeddingStore | StoreSection | None = None,
                   flush_every: int = FLUSH_EVERY, show_progress: bool = True, desc: str = "videos",
-                  model_fp: str | None = None) -> EncodedVideos:
+                  model_fp: str | None = None, process_index: int = 0, num_processes: int = 1) -> EncodedVideos:
     """Embed videos with the video tower only, skipping (and reporting) the ones that cannot be decoded.
 
     Each video is decoded and preprocessed by `processor.load_video(path, mode="test", start, end)` (the
@@ -457,6 +485,10 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
             this model and processor (same path, clip, file size and mtime), or knows to be unreadable, are not
             embedded again. Without a store, nothing is written.
         model_fp: the model fingerprint when the caller already has it (saves hashing the weights again).
+        process_index, num_processes: with several processes (each with its own model copy, e.g. under
+            `accelerate launch`), this one embeds every `num_processes`-th video the store lacks, into shards
+            of its own. The result then covers what this process sees; once every process is done,
+            `section.reload()` + `section.collect(signatures)` gives the whole (`VideoIndex.build` does this).
 
     Returns:
         `EncodedVideos` (embeddings `[n_ok, D]` in the store's dtype, float32 without a store; their input
@@ -475,15 +507,21 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
     section = _open_section(store, model, processor, model_fp)
     done: dict[str, torch.Tensor] = {}  # without a store: signature -> row
     failed: dict[str, str] = {}
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}")
+    if num_processes > 1 and section is None:
+        raise ValueError("several processes need a store to put their vectors in")
     todo = [p for p in range(n) if section is None or not section.has(signatures[p])]
     if len(todo) < n:
         logger.info("%d of %d videos already in the embedding store %s: skipped", n - len(todo), n, section.folder)
+    todo = todo[process_index::num_processes]
+    n_seen = n if num_processes == 1 else len(todo)
 
     device, dtype = _model_device_dtype(model)
     loader = torch.utils.data.DataLoader(
         _VideoClips(processor, videos, starts, ends, todo), batch_size=batch_size, num_workers=num_workers,
         collate_fn=_collate_clips, shuffle=False)
-    progress = tqdm(total=n, initial=n - len(todo), desc=f"Embedding {desc}", unit="video",
+    progress = tqdm(total=n_seen, initial=n_seen - len(todo), desc=f"Embedding {desc}", unit="video",
                     disable=not show_progress)
     last_flush = time.monotonic()
     # `finally`: an interrupted run (exception, Ctrl-C, SIGTERM turned into an exception) keeps what it finished
@@ -513,18 +551,38 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
                 section.flush()
 
     if section is not None:
-        failed = {s: section.failed[s] for s in signatures if s in section.failed}
-        ok = [p for p in range(n) if signatures[p] in section]
+        encoded = section.collect(signatures)
     else:
         ok = [p for p in range(n) if signatures[p] in done]
-    ok_set = set(ok)
-    failures = {p: failed[signatures[p]] for p in range(n) if signatures[p] in failed and p not in ok_set}
-    if failures:
-        logger.warning("%d of %d videos could not be decoded and were skipped", len(failures), n)
-    if section is not None:
-        embeddings = section.get([signatures[p] for p in ok])  # [n_ok, D]
-    elif ok:
-        embeddings = torch.stack([done[signatures[p]] for p in ok])  # [n_ok, D]
-    else:
-        embeddings = torch.empty(0, 0)
-    return EncodedVideos(embeddings=embeddings, positions=ok, failed=failures)
+        encoded = EncodedVideos(embeddings=torch.stack([done[signatures[p]] for p in ok]) if ok else torch.empty(0, 0),
+                                positions=ok, failed={p: failed[signatures[p]] for p in range(n) if signatures[p] in failed})
+    if encoded.failed:
+        logger.warning("%d of %d videos could not be decoded and were skipped", len(encoded.failed), n)
+    return encoded
+
+
+class TerminationRequested(KeyboardInterrupt):
+    """SIGTERM (what schedulers send before killing a job), raised where the program is, like Ctrl-C's
+    KeyboardInterrupt, so that the same `finally` blocks save the finished work."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within the block, SIGTERM raises `TerminationRequested` in the main thread (SIGINT already raises
+    KeyboardInterrupt): `encode_videos` then writes every finished batch before the program exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise TerminationRequested(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -319,7 +319,14 @@ def test_encode_texts_is_normalised_and_validates(fake):
         encode_texts(model, processor, "one string", show_progress=False)
 
 
-def test_index_json_is_plain_json(tmp_path):
-    VideoIndex(torch.eye(2), ["a", "b"]).save(tmp_path)
+def test_index_folder_is_plain_json_numpy_and_arrow(tmp_path):
+    import datasets
+
+    VideoIndex(torch.eye(2), ["a", "b"], failed={"c": "broken"}).save(tmp_path)
     meta = json.loads((tmp_path / "index.json").read_text())
-    assert meta["paths"] == ["a", "b"] and meta["backend"] == "exact" and meta["dim"] == 2
+    assert meta["backend"] == "exact" and meta["dim"] == 2 and meta["num_videos"] == 2 and meta["num_failed"] == 1
+    vectors = np.load(tmp_path / meta["files"]["vectors"])
+    assert vectors.dtype == np.float16 and vectors.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    table = datasets.load_from_disk(str(tmp_path / meta["files"]["videos"]))
+    assert table["path"][:] == ["a", "b", "c"] and table["status"][:] == ["indexed", "indexed", "failed"]
+    assert table["detail"][2] == "broken"
