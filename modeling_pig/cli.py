@@ -126,13 +126,14 @@ def _recall_line(index: VideoIndex) -> str:
     return f"search: FAISS {index.backend} {index.faiss_params}, recall@10 vs exact = {recall:.3f}"
 
 
-def _distributed_state():
-    """accelerate's process state when launched as several processes (`accelerate launch`, torchrun)."""
+def _distributed_state(device: str | None):
+    """accelerate's process state when launched as several processes (`accelerate launch`, torchrun): one
+    process per GPU, or gloo processes on CPU (`accelerate launch --multi_gpu` and torchrun start them there)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
 def cmd_index(args) -> int:
@@ -141,7 +142,13 @@ def cmd_index(args) -> int:
     paths = find_videos(args.video_dir, recursive=args.recursive)
     if not paths:
         raise UserError(f"no video files in {args.video_dir}" + ("" if args.recursive else " (try --recursive)"))
-    state = _distributed_state()
+    from .indexing import IndexLockedError, check_unlocked
+
+    try:
+        check_unlocked(args.out)
+    except IndexLockedError as err:
+        raise UserError(str(err)) from err
+    state = _distributed_state(args.device)
     device = args.device or (str(state.device) if state is not None else _default_device())
     model_path = str(Path(args.model).resolve()) if os.path.isdir(args.model) else args.model
     try:
@@ -152,8 +159,6 @@ def cmd_index(args) -> int:
     if loader["kind"] == "clip-meanp":
         logger.info("%s is a CLIP checkpoint: indexing with the zero-shot CLIP4Clip meanP model built from it "
                     "(%d frames per video)", model_path, loader["num_frames"])
-    from .indexing import IndexLockedError
-
     try:
         index = VideoIndex.build(
             model, processor, paths, batch_size=args.batch_size, num_workers=args.num_workers, out_dir=args.out,
@@ -165,8 +170,9 @@ def cmd_index(args) -> int:
     if index is None:  # not the main process: it wrote its share into the store
         return 0
     report = index.build_report
+    processes = f", {report['num_processes']} processes" if report["num_processes"] > 1 else ""
     print(f"indexed {len(index)} of {report['total']} videos into {args.out} ({report['embedded_now']} embedded "
-          f"now, {report['reused']} from the store, {report['dropped']} dropped since the last build)")
+          f"now, {report['reused']} from the store, {report['dropped']} dropped since the last build{processes})")
     print(_recall_line(index))
     _print_listed("unreadable video(s) skipped", index.failed)
     _print_listed("duplicate path(s) indexed once", {p: f"same file as {k}" for p, k in index.duplicates.items()})

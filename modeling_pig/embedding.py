@@ -82,12 +82,21 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     digest.update(type(model).__qualname__.encode())
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
-        digest.update(config.to_json_string(use_diff=False).encode())
+        # where the model was loaded from and by which transformers version say nothing about its outputs
+        settings = _without_keys(json.loads(config.to_json_string(use_diff=False)), ("_name_or_path",
+                                                                                      "transformers_version"))
+        digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _without_keys(value, keys: tuple[str, ...]):
+    if isinstance(value, dict):
+        return {k: _without_keys(v, keys) for k, v in value.items() if k not in keys}
+    return value
 
 
 def processor_signature(processor) -> str:

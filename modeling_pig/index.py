@@ -21,6 +21,7 @@ the old index or the new one, never a mix:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -153,7 +154,7 @@ class VideoIndex:
             vectors = np.asarray(dataset.with_format("numpy")[embedding_column], dtype=np.float32)
         if vectors.ndim != 2:
             raise ValueError(f"column {embedding_column!r} must hold equal-length vectors, got shape {vectors.shape}")
-        return cls(torch.from_numpy(np.ascontiguousarray(vectors)), table[path_column].to_pylist(), **kwargs)
+        return cls(torch.from_numpy(vectors.astype(np.float16)), table[path_column].to_pylist(), **kwargs)
 
     def to_dataset(self):
         """A `datasets.Dataset` with columns `path` (string) and `embedding` (D float32 values) in row order."""
@@ -364,7 +365,8 @@ class VideoIndex:
             "status": ["indexed"] * len(self) + ["failed"] * len(failed) + ["duplicate"] * len(duplicates),
             "detail": [""] * len(self) + [r for _, r in failed] + [f"same file as {p}" for _, p in duplicates],
         })
-        table.save_to_disk(str(out / files["videos"]))
+        with quiet_datasets():
+            table.save_to_disk(str(out / files["videos"]))
         if self.search_backend.file_suffix:
             files["search"] = f"search-{generation}{self.search_backend.file_suffix}"
             self.search_backend.save(out / files["search"])
@@ -411,6 +413,20 @@ class VideoIndex:
                 raise ValueError("pass both model and processor, or neither")
             index.attach_model(model, processor)
         return index
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """No `datasets` progress bar for the index's small tables (restored afterwards)."""
+    from datasets.utils import logging as datasets_logging
+
+    was_enabled = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets_logging.enable_progress_bar()
 
 
 class _PathColumn:

@@ -39,7 +39,7 @@ from .embedding import (
     processor_signature,
     video_signature,
 )
-from .index import DEFAULT_FAISS_THRESHOLD, INDEX_METADATA_FILE, INDEX_STORE_DIR, read_metadata
+from .index import DEFAULT_FAISS_THRESHOLD, INDEX_METADATA_FILE, INDEX_STORE_DIR, quiet_datasets, read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,15 @@ def build_lock(out_dir: str | os.PathLike):
         handle.close()  # closing releases the lock
 
 
+def check_unlocked(out_dir: str | os.PathLike) -> None:
+    """Raise `IndexLockedError` now if a build holds the lock of `out_dir` (before loading a model for nothing;
+    `build_index` takes the lock itself)."""
+    if _lock_is_held(Path(out_dir)):
+        raise IndexLockedError(
+            f"{out_dir}: another build of this index is running ({_lock_holder(Path(out_dir) / LOCK_FILE)}); "
+            "wait for it to finish or stop it, then run the command again")
+
+
 def _lock_is_held(out_dir: Path) -> bool:
     lock_path = out_dir / LOCK_FILE
     if not lock_path.is_file():
@@ -120,7 +129,8 @@ def _write_build_status(out: Path, signatures: list[str], status: dict) -> None:
     import datasets
 
     tmp = out / f".{BUILD_VIDEOS_DIR}.{os.getpid()}.tmp"
-    datasets.Dataset.from_dict({"signature": signatures}).save_to_disk(str(tmp))
+    with quiet_datasets():
+        datasets.Dataset.from_dict({"signature": signatures}).save_to_disk(str(tmp))
     shutil.rmtree(out / BUILD_VIDEOS_DIR, ignore_errors=True)
     os.replace(tmp, out / BUILD_VIDEOS_DIR)
     atomic_write_text(out / BUILD_STATUS_FILE, json.dumps(status, indent=1))
@@ -241,7 +251,7 @@ def build_index(cls, model, processor, paths: Sequence[str | os.PathLike], batch
         index.build_report = {
             "total": len(unique), "indexed": len(index), "failed": len(index.failed), "duplicates": len(duplicates),
             "reused": reused, "embedded_now": len(unique) - reused,  # decoded (or found unreadable) by this run
-            "dropped": sum(1 for path in previous if path not in listed),
+            "dropped": sum(1 for path in previous if path not in listed), "num_processes": world,
         }
         if out is not None:
             index.save(out)

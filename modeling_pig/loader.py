@@ -49,16 +49,33 @@ def loader_spec(model_path: str, dtype: str = "float32", num_frames: int | None 
                      "model (config.json model_type 'pig' or 'clip')")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+
 def _zero_shot_processor(model_path: str, num_frames: int, image_size: int):
+    """The checkpoint's own tokenizer when it ships one (CLIP's on the Hub do), CLIP's (shipped with this
+    package) otherwise: a `CLIPModel.save_pretrained` folder holds weights and config only."""
+    from transformers import AutoTokenizer
+
     from .processing_pig import PIGProcessor
 
-    try:  # the checkpoint's own tokenizer when it has one; CLIP's (shipped with this package) otherwise
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None
+    folder = _checkpoint_folder(model_path)
+    has_tokenizer = folder is not None and any((folder / name).is_file() for name in TOKENIZER_FILES)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder)) if has_tokenizer else None
     return PIGProcessor(tokenizer=tokenizer, num_frames=num_frames, image_size=image_size)
+
+
+def _checkpoint_folder(model_path: str) -> Path | None:
+    """The local folder of a checkpoint: itself, or its Hub cache snapshot (None when not found)."""
+    folder = Path(model_path)
+    if folder.is_dir():
+        return folder
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_path, local_files_only=True))
+    except (ValueError, OSError):  # not a repo id, or not in the cache (and offline)
+        return None
 
 
 def load_model_and_processor(model_path: str, device: str | torch.device = "cpu",
@@ -98,17 +115,9 @@ def model_source_signature(model_path: str) -> str | None:
     """A cheap signature of the files behind `model_path` (name, size, mtime of each file of the folder, or of
     the Hub cache snapshot), or None when they cannot be found. Equal signatures mean the same weights, which
     lets a loaded index skip re-hashing them (`model_fingerprint` reads every weight)."""
-    folder = Path(model_path)
-    if not folder.is_dir():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(model_path, "config.json")
-        except (ValueError, OSError):  # not a valid repo id
-            return None
-        if not isinstance(cached, str):
-            return None
-        folder = Path(cached).parent
+    folder = _checkpoint_folder(model_path)
+    if folder is None:
+        return None
     digest = hashlib.blake2b(digest_size=16)
     for path in sorted(folder.iterdir()):
         if path.is_file():

@@ -87,13 +87,14 @@ _TRUNCATION_TOLERANCE_S = 0.25  # frames may end this much before a declared str
 
 def find_videos(folder: str | os.PathLike, recursive: bool = False,
                 extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[str]:
-    """Absolute paths of the video files in `folder` (by extension, case-insensitive), sorted."""
+    """Absolute paths of the video files in `folder` (by extension, case-insensitive), sorted. Symbolic links
+    keep their own names (two links to one file are two paths; `VideoIndex.build` indexes the file once)."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"{folder}: not a folder")
     extensions = tuple(e.lower() for e in extensions)
     pattern = root.rglob("*") if recursive else root.glob("*")
-    return sorted(str(p.resolve()) for p in pattern if p.is_file() and p.suffix.lower() in extensions)
+    return sorted(os.path.abspath(p) for p in pattern if p.is_file() and p.suffix.lower() in extensions)
 
 
 class VideoDecodeError(RuntimeError):
