@@ -472,6 +472,18 @@ def _collate_clips(items):
     return [position for position, _ in decoded], pixel_values, failed
 
 
+def video_loader(processor, videos: Sequence[str | None], batch_size: int = 16, num_workers: int = 0,
+                 starts: Sequence | None = None, ends: Sequence | None = None, positions: Sequence[int] | None = None):
+    """The DataLoader `encode_videos` reads: batches of `(positions, pixel_values [b, T, 3, S, S] or None,
+    {position: failure reason})`, decoded and preprocessed by `processor.load_video` in `num_workers` workers,
+    for the videos at `positions` (default: all) in order."""
+    n = len(videos)
+    positions = list(range(n)) if positions is None else list(positions)
+    clips = _VideoClips(processor, videos, starts or [None] * n, ends or [None] * n, positions)
+    return torch.utils.data.DataLoader(clips, batch_size=batch_size, num_workers=num_workers,
+                                       collate_fn=_collate_clips, shuffle=False)
+
+
 def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], batch_size: int = 16,
                   starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
                   num_workers: int = 0, store: EmbeddingStore | StoreSection | None = None,
@@ -527,9 +539,7 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
     n_seen = n if num_processes == 1 else len(todo)
 
     device, dtype = _model_device_dtype(model)
-    loader = torch.utils.data.DataLoader(
-        _VideoClips(processor, videos, starts, ends, todo), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=_collate_clips, shuffle=False)
+    loader = video_loader(processor, videos, batch_size, num_workers, starts, ends, todo)
     progress = tqdm(total=n_seen, initial=n_seen - len(todo), desc=f"Embedding {desc}", unit="video",
                     disable=not show_progress)
     last_flush = time.monotonic()

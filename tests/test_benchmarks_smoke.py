@@ -151,17 +151,22 @@ def test_train_step_reports_time_flops_and_peak_memory_per_model(tmp_path, capsy
 
 
 def test_search_benchmark_quick_mode_reports_every_backend(tmp_path, capsys):
-    stdout, results = run_script("bench_search", tmp_path, capsys, "--hnsw_max", "2000")
+    stdout, results = run_script("bench_search", tmp_path, capsys, "--hnsw_max", "2000", "--pq_m", "16",
+                                 "--pq_bits", "4")
     by_size = {n: [r for r in results["results"] if r["n"] == n] for n in (2000, 10000)}
-    assert [r["backend"] for r in by_size[2000]] == ["exact", "ivf", "ivf", "hnsw"]
-    assert [r["backend"] for r in by_size[10000]] == ["exact", "ivf", "ivf"]  # HNSW only up to --hnsw_max
+    assert [r["case"] for r in by_size[2000]] == ["f32 mat-vec", "exact", "ivf", "auto", "ivfpq", "hnsw"]
+    assert [r["case"] for r in by_size[10000]] == ["f32 mat-vec", "exact", "ivf", "auto", "ivfpq"]  # HNSW up to 2k
     for n, rows in by_size.items():
-        exact = rows[0]
-        assert exact["recall_at_10"] == 1.0 and exact["structure_bytes"] >= n * 512 * 2  # fp16 store at least
+        matvec, exact, default, auto, pq = rows[:5]
+        assert exact["recall_at_10"] == 1.0 and exact["structure_bytes"] == n * 512 * 2  # the fp16 vectors
+        assert exact["ratio_to_matvec"] == pytest.approx(exact["single_median_s"] / matvec["single_median_s"])
         assert all(0 < r["single_median_s"] and 0 <= r["recall_at_10"] <= 1 for r in rows)
-        default, tuned = rows[1], rows[2]
-        assert tuned["params"]["nprobe"] >= default["params"]["nprobe"]  # tuning only raises nprobe
-    assert "| 10,000 | exact |" in stdout and "| 2,000 | hnsw |" in stdout
+        assert auto["backend"] == "ivf" and auto["params"]["nprobe"] >= default["params"]["nprobe"]  # tuning raises
+        assert pq["backend"] == "ivfpq" and pq["params"]["nprobe"] == auto["params"]["nprobe"]
+        assert pq["structure_bytes"] < default["structure_bytes"]  # 8-byte codes instead of 1 KiB of fp16
+    assert [(o["n"], o["backend"]) for o in results["open"]] == [(10000, "exact"), (10000, "ivf")]
+    assert all(o["disk_bytes_per_video"] >= 1024 and o["load_s"] > 0 for o in results["open"])
+    assert "| 10,000 | exact |" in stdout and "| 2,000 | hnsw |" in stdout and "VideoIndex.load" in stdout
 
 
 def test_single_tower_scorer_scores_each_pair_independently():
@@ -183,3 +188,13 @@ def test_single_tower_scorer_scores_each_pair_independently():
     assert not torch.allclose(pooled[:, 0], pooled[:, 1], atol=1e-3)
     with pytest.raises(ValueError, match="frame_embeds must be"):
         scorer.score(texts, frames[0])
+
+
+def test_index_benchmark_quick_mode_reports_decode_model_and_pipeline(tmp_path, capsys, shared_videos):
+    stdout, result = run_script("bench_index", tmp_path, capsys, "--video_dir", str(shared_videos[0].parent),
+                                "--num_workers", "1", "--videos", "3", "--threads", "1")
+    assert result["t_decode_s"] > 0 and result["t_model_s"] > 0 and result["pipeline_videos_per_s"] > 0
+    assert result["serial_bound_videos_per_s"] == pytest.approx(1 / (result["t_decode_s"] + result["t_model_s"]))
+    assert result["ratio_to_serial_bound"] == pytest.approx(
+        result["pipeline_videos_per_s"] / result["serial_bound_videos_per_s"])
+    assert "| pipeline (encode_videos, 1 workers) |" in stdout and "pipeline / serial bound" in stdout
