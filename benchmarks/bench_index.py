@@ -34,7 +34,7 @@ from _common import (build_model, load_average, machine_description, markdown_ta
                      write_json)
 
 from modeling_pig import PIGProcessor, encode_videos  # noqa: E402
-from modeling_pig.embedding import video_loader  # noqa: E402
+from modeling_pig.encoding import video_loader  # noqa: E402
 from modeling_pig.video_io import find_videos  # noqa: E402
 
 DEFAULT_VIDEO_DIR = Path(os.environ.get("PIG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) \

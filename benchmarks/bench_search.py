@@ -15,10 +15,12 @@ Rows, for each size:
   in float32 (`torch.mv`), timed interleaved with the exact rows' queries so that both see the same load;
 * `exact`: `VideoIndex` exact search (fp16 mat-vec + exact rescoring, see `modeling_pig.search_backends`), with its
   latency as a multiple of the mat-vec's in the last column (required: at most 1.2x);
-* `ivf`: FAISS IVF, fp16 codes, its defaults (nlist = 4 sqrt(N), nprobe = nlist / 16);
-* `auto`: what `pig index --backend auto --target_recall T` builds above the threshold: IVF tuned with
-  `VideoIndex.tune(T)` (on a query sample of its own), default T = 0.95;
-* `ivfpq`: FAISS IVF-PQ, `--pq_m` bytes per video, scanning as many lists as the tuned IVF;
+* `ivf`: FAISS IVF, fp16 codes, its defaults (nlist = sqrt(N), nprobe = nlist / 16);
+* `ivf tuned`: the same, its nprobe raised by `VideoIndex.tune(T)` (on a query sample of its own), T =
+  `--target_recall` (default 0.95);
+* `auto`: what `pig index --backend auto --target_recall T` builds above the threshold: IVF-PQ (`--pq_m` bytes
+  per video), its 20 x k best candidates rescored exactly from the fp16 vectors, nprobe tuned to T;
+* `ivfpq, no refine`: the same lists scanned, ranked by the PQ codes alone (what the codes lose);
 * `hnsw`: FAISS HNSW (only up to --hnsw_max vectors: slow to build).
 
 Columns: build time (training + adding + tuning), memory of the search structures per video (fp16 vectors or
@@ -178,10 +180,13 @@ def open_cost(store: torch.Tensor, queries: torch.Tensor, backend: str, params: 
             "load_s": load_s, "first_query_s": first_query_s, "rss_after_bytes": rss}
 
 
-def cases_for(n: int, hnsw_max: int, pq_m: int, pq_bits: int, target_recall: float) -> list[tuple[str, str, dict, float | None]]:
+def cases_for(n: int, hnsw_max: int, pq_m: int, pq_bits: int, target_recall: float
+              ) -> list[tuple[str, str, dict, float | None]]:
     cases = [("exact", "exact", {}, None)]
     if n >= 1000:
-        cases += [("ivf", "ivf", {}, None), ("auto", "auto", {}, target_recall), ("ivfpq", "ivfpq", {"pq_m": pq_m, "pq_bits": pq_bits}, None)]
+        pq = {"pq_m": pq_m, "pq_bits": pq_bits}
+        cases += [("ivf", "ivf", {}, None), ("ivf tuned", "ivf", {}, target_recall),
+                  ("auto", "ivfpq", pq, target_recall), ("ivfpq, no refine", "ivfpq", {**pq, "refine": 1}, None)]
     if n <= hnsw_max:
         cases += [("hnsw", "hnsw", {}, None)]
     return cases
@@ -234,8 +239,8 @@ def main(argv=None) -> list[dict]:
         queries = noisy_queries(store, max(SINGLE_QUERIES, BATCH_QUERIES, RECALL_QUERIES), args.seed + 1)
         tuned_nprobe = None
         for name, backend, params, target in cases_for(n, args.hnsw_max, args.pq_m, args.pq_bits, args.target_recall):
-            if backend == "ivfpq" and tuned_nprobe is not None:
-                params = {**params, "nprobe": tuned_nprobe}  # as many lists as the tuned IVF scans
+            if name == "ivfpq, no refine" and tuned_nprobe is not None:
+                params = {**params, "nprobe": tuned_nprobe}  # the lists auto scans, ranked by the codes alone
             for row in run_case(store, queries, name, backend, params, target):
                 results.append(row)
                 if name == "auto":
@@ -245,7 +250,7 @@ def main(argv=None) -> list[dict]:
             auto = next(r for r in results if r["n"] == n and r["case"] == "auto") if n >= 1000 else None
             opened.append(open_cost(store, queries, "exact", {}))
             if auto is not None:
-                opened.append(open_cost(store, queries, "ivf", auto["params"]))
+                opened.append(open_cost(store, queries, "ivfpq", auto["params"]))
         del store
     print()
     print(markdown_table(HEADERS, [format_row(r) for r in results]))

@@ -27,8 +27,8 @@ _LAZY = {
     "VideoIndex": "index",
     "exact_search": "index",
     "EmbeddingStore": "embedding",
-    "encode_texts": "embedding",
-    "encode_videos": "embedding",
+    "encode_texts": "encoding",
+    "encode_videos": "encoding",
     "model_fingerprint": "embedding",
     "load_model_and_processor": "loader",
 }

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .embedding import sigterm_raises
+from .encoding import sigterm_raises
 from .index import DEFAULT_FAISS_THRESHOLD, VideoIndex
 from .loader import DTYPES, load_model_and_processor, loader_spec, model_source_signature
 from .search_backends import backend_names

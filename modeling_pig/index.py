@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .embedding import atomic_write_text, encode_texts, model_fingerprint
+from .embedding import atomic_write_text, model_fingerprint
+from .encoding import encode_texts
 from .search_backends import SEARCH_BACKENDS, ExactBackend, SearchBackend, backend_names, exact_search
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ INDEX_METADATA_FILE = "index.json"
 INDEX_STORE_DIR = "store"
 # Above this many stored vectors `backend="auto"` builds a FAISS IVF index (docs/performance.md, search).
 DEFAULT_FAISS_THRESHOLD = 100_000
+# "auto" uses IVF-PQ from this many vectors (256 centroids per sub-quantizer x 39 training points), IVF below.
+AUTO_PQ_MIN_VECTORS = 256 * 39
 _GENERATION_PREFIXES = ("vectors-", "videos-", "search-")
 
 
@@ -169,13 +172,18 @@ class VideoIndex:
     # -- backends --------------------------------------------------------------------------------------
 
     def set_backend(self, backend: str = "auto", **params) -> None:
-        """Choose how to search: "auto" (exact when `len(self) <= faiss_threshold`, else "ivf") or a registered
-        backend name (see `SEARCH_BACKENDS`), built over the stored vectors with `params`."""
+        """Choose how to search: "auto" or a registered backend name (see `SEARCH_BACKENDS`), built over the
+        stored vectors with `params`.
+
+        "auto": exact when `len(self) <= faiss_threshold`; above, IVF-PQ with exact rescoring of its candidates
+        (the fastest to a high recall at 1M videos, with 72 bytes per video in memory: docs/performance.md), or
+        IVF with fp16 codes when there are too few vectors to train 8-bit PQ codebooks (`AUTO_PQ_MIN_VECTORS`).
+        Follow it with `tune(target_recall)` to set the search effort."""
         if backend not in backend_names():
             raise ValueError(f"backend must be one of {backend_names()}, got {backend!r}")
         if backend == "auto":
-            SEARCH_BACKENDS["ivf"].check_params(params)  # IVF parameters, used when the index grows past the threshold
-            backend = "exact" if len(self) <= self.faiss_threshold else "ivf"
+            backend = "exact" if len(self) <= self.faiss_threshold else "ivfpq" if len(self) >= AUTO_PQ_MIN_VECTORS \
+                else "ivf"
             if backend == "exact":
                 params = {}
         SEARCH_BACKENDS[backend].check_params(params)

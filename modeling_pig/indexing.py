@@ -34,11 +34,11 @@ from .embedding import (
     EmbeddingStore,
     StoreSection,
     atomic_write_text,
-    encode_videos,
     model_fingerprint,
     processor_signature,
     video_signature,
 )
+from .encoding import encode_videos
 from .index import DEFAULT_FAISS_THRESHOLD, INDEX_METADATA_FILE, INDEX_STORE_DIR, quiet_datasets, read_metadata
 
 logger = logging.getLogger(__name__)

@@ -154,17 +154,19 @@ def test_search_benchmark_quick_mode_reports_every_backend(tmp_path, capsys):
     stdout, results = run_script("bench_search", tmp_path, capsys, "--hnsw_max", "2000", "--pq_m", "16",
                                  "--pq_bits", "4")
     by_size = {n: [r for r in results["results"] if r["n"] == n] for n in (2000, 10000)}
-    assert [r["case"] for r in by_size[2000]] == ["f32 mat-vec", "exact", "ivf", "auto", "ivfpq", "hnsw"]
-    assert [r["case"] for r in by_size[10000]] == ["f32 mat-vec", "exact", "ivf", "auto", "ivfpq"]  # HNSW up to 2k
+    cases = ["f32 mat-vec", "exact", "ivf", "ivf tuned", "auto", "ivfpq, no refine"]
+    assert [r["case"] for r in by_size[2000]] == [*cases, "hnsw"]
+    assert [r["case"] for r in by_size[10000]] == cases  # HNSW only up to --hnsw_max
     for n, rows in by_size.items():
-        matvec, exact, default, auto, pq = rows[:5]
+        matvec, exact, default, tuned, auto, raw = rows[:6]
         assert exact["recall_at_10"] == 1.0 and exact["structure_bytes"] == n * 512 * 2  # the fp16 vectors
         assert exact["ratio_to_matvec"] == pytest.approx(exact["single_median_s"] / matvec["single_median_s"])
         assert all(0 < r["single_median_s"] and 0 <= r["recall_at_10"] <= 1 for r in rows)
-        assert auto["backend"] == "ivf" and auto["params"]["nprobe"] >= default["params"]["nprobe"]  # tuning raises
-        assert pq["backend"] == "ivfpq" and pq["params"]["nprobe"] == auto["params"]["nprobe"]
-        assert pq["structure_bytes"] < default["structure_bytes"]  # 8-byte codes instead of 1 KiB of fp16
-    assert [(o["n"], o["backend"]) for o in results["open"]] == [(10000, "exact"), (10000, "ivf")]
+        assert tuned["params"]["nprobe"] >= default["params"]["nprobe"]  # tuning only raises nprobe
+        assert auto["backend"] == raw["backend"] == "ivfpq" and raw["params"]["nprobe"] == auto["params"]["nprobe"]
+        assert raw["params"]["refine"] == 1 and auto["recall_at_10"] >= raw["recall_at_10"]
+        assert auto["structure_bytes"] < default["structure_bytes"]  # 8-byte codes instead of 1 KiB of fp16
+    assert [(o["n"], o["backend"]) for o in results["open"]] == [(10000, "exact"), (10000, "ivfpq")]
     assert all(o["disk_bytes_per_video"] >= 1024 and o["load_s"] > 0 for o in results["open"])
     assert "| 10,000 | exact |" in stdout and "| 2,000 | hnsw |" in stdout and "VideoIndex.load" in stdout
 
@@ -191,7 +193,11 @@ def test_single_tower_scorer_scores_each_pair_independently():
 
 
 def test_index_benchmark_quick_mode_reports_decode_model_and_pipeline(tmp_path, capsys, shared_videos):
-    stdout, result = run_script("bench_index", tmp_path, capsys, "--video_dir", str(shared_videos[0].parent),
+    import shutil
+
+    (tmp_path / "videos").mkdir()
+    shutil.copy(next(p for p in shared_videos if p.name == "single_face.mp4"), tmp_path / "videos")  # the smallest
+    stdout, result = run_script("bench_index", tmp_path, capsys, "--video_dir", str(tmp_path / "videos"),
                                 "--num_workers", "1", "--videos", "3", "--threads", "1")
     assert result["t_decode_s"] > 0 and result["t_model_s"] > 0 and result["pipeline_videos_per_s"] > 0
     assert result["serial_bound_videos_per_s"] == pytest.approx(1 / (result["t_decode_s"] + result["t_model_s"]))

@@ -8,7 +8,7 @@ import torch
 from test_cli import tiny_pig
 from test_retrieval import FakeModel, FakeProcessor
 
-from modeling_pig.embedding import encode_texts, encode_videos
+from modeling_pig.encoding import encode_texts, encode_videos
 from modeling_pig.metrics import compute_retrieval_metrics
 from training.evaluate import (
     evaluate_retrieval,

@@ -71,21 +71,37 @@ def test_exact_search_of_a_zero_query_and_k_above_n():
     assert indices.tolist() == [[0, 1, 2, 3, 4]] and np.all(scores == 0)
 
 
-def test_ivfpq_stores_pq_m_bytes_per_video_and_reports_its_recall(tmp_path):
+def test_ivfpq_stores_pq_m_bytes_per_video_and_rescores_its_candidates_exactly(tmp_path):
     torch.manual_seed(0)
-    basis = torch.linalg.qr(torch.randn(64, 8)).Q.T  # data of intrinsic dimension 8: PQ does well on it
+    basis = torch.linalg.qr(torch.randn(64, 8)).Q.T  # data of intrinsic dimension 8
     embeddings = F.normalize(torch.randn(4000, 8) @ basis, dim=-1)
+    paths = [f"v{i}" for i in range(4000)]
     # 16 sub-quantizers of 4 bits (16 centroids each: quick to train): 8 code bytes per video
-    index = VideoIndex(embeddings, [f"v{i}" for i in range(4000)], backend="ivfpq", nlist=16, nprobe=16, pq_m=16,
-                       pq_bits=4)
-    assert index.search_backend.bytes_per_vector() == 8 + 8 and index.faiss_params["pq_m"] == 16
-    recall = index.measure_recall(num_queries=50)
-    assert 0.3 <= recall < 1.0  # lossy codes: measured, never assumed
-    index.save(tmp_path)
+    raw = VideoIndex(embeddings, paths, backend="ivfpq", nlist=16, nprobe=16, pq_m=16, pq_bits=4, refine=1)
+    assert raw.search_backend.bytes_per_vector() == 8 + 8 and raw.faiss_params["pq_m"] == 16
+    raw_recall = raw.measure_recall(num_queries=50)
+    assert 0.3 <= raw_recall < 1.0  # ranked by lossy codes: measured, never assumed
+    refined = VideoIndex(embeddings, paths, backend="ivfpq", nlist=16, nprobe=16, pq_m=16, pq_bits=4, refine=20)
+    assert refined.measure_recall(num_queries=50) >= max(raw_recall, 0.95)  # the top 200 by code, rescored
+    queries = F.normalize(torch.randn(4, 64), dim=-1)
+    scores, indices = refined.search_embeddings(queries, k=5)
+    np.testing.assert_allclose(scores, (queries @ embeddings.half().float().T).gather(1, torch.from_numpy(indices)),
+                               rtol=1e-5)  # exact float32 scores of the fp16 vectors
+    refined.save(tmp_path)
     loaded = VideoIndex.load(tmp_path)
-    assert loaded.backend == "ivfpq" and loaded.measure_recall(num_queries=50) == pytest.approx(recall)
+    assert loaded.backend == "ivfpq" and loaded.search_embeddings(queries, k=5)[1].tolist() == indices.tolist()
     with pytest.raises(ValueError, match="pq_m must divide"):
-        VideoIndex(embeddings, [f"v{i}" for i in range(4000)], backend="ivfpq", pq_m=7)
+        VideoIndex(embeddings, paths, backend="ivfpq", pq_m=7)
+
+
+def test_auto_above_the_threshold_is_ivfpq_tuned_to_the_target_recall():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(32, 8)).Q.T
+    embeddings = F.normalize(torch.randn(10_000, 8) @ basis, dim=-1)
+    index = VideoIndex(embeddings, [str(i) for i in range(10_000)], backend="auto", faiss_threshold=5000)
+    assert index.backend == "ivfpq" and index.faiss_params["refine"] == 20
+    reached = index.tune(target_recall=0.95, num_queries=50)
+    assert reached >= 0.95 and index.measure_recall(num_queries=50, seed=7) >= 0.9  # on other queries too
 
 
 def test_loaded_index_maps_its_vectors_and_reads_paths_on_demand(tmp_path):

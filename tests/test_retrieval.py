@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_pig.embedding import EmbeddingStore, encode_texts, encode_videos, model_fingerprint
+from modeling_pig.embedding import EmbeddingStore, model_fingerprint
+from modeling_pig.encoding import encode_texts, encode_videos
 from modeling_pig.index import INDEX_STORE_DIR, VideoIndex, exact_search
 from modeling_pig.video_io import find_videos, read_video_frames
 
@@ -176,7 +177,7 @@ def test_save_load_gives_identical_results(tmp_path, backend):
 
 def test_build_indexes_real_videos_and_reports_corrupt_file(fake, videos_with_corrupt, caplog):
     model, processor = fake
-    with caplog.at_level(logging.WARNING, logger="modeling_pig.embedding"):
+    with caplog.at_level(logging.WARNING, logger="modeling_pig.encoding"):
         index = VideoIndex.build(model, processor, videos_with_corrupt, batch_size=2, show_progress=False)
     assert len(index) == 3 and index.paths == videos_with_corrupt[:3]
     assert list(index.failed) == [videos_with_corrupt[3]]

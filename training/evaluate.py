@@ -42,13 +42,8 @@ from typing import Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from modeling_pig.embedding import (  # noqa: E402
-    EmbeddingStore,
-    encode_texts,
-    encode_videos,
-    model_fingerprint,
-    processor_signature,
-)
+from modeling_pig.embedding import EmbeddingStore, model_fingerprint, processor_signature  # noqa: E402
+from modeling_pig.encoding import encode_texts, encode_videos  # noqa: E402
 from modeling_pig.loader import load_model_and_processor  # noqa: E402
 from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics  # noqa: E402
 
