@@ -16,6 +16,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 TASK_TYPE = "text-to-video-retrieval"
+# The Hub has no text-to-video *retrieval* pipeline (`text-to-video` means generation there); PIG embeds videos
+# and texts into one space, which the Hub lists as feature extraction.
+PIPELINE_TAG = "feature-extraction"
 TASK_NAME = "Text-to-Video Retrieval"
 # (metric key suffix, column title, higher is better)
 METRIC_COLUMNS = (("R@1", "R@1", True), ("R@5", "R@5", True), ("R@10", "R@10", True),
@@ -92,13 +95,15 @@ def build_model_card(
     results_note: str | None = None,
     limitations: Sequence[str] = (),
     tags: Sequence[str] = (),
+    datasets: Sequence[str] = (),
 ) -> ModelCard:
     """Render the model card of one trained model.
 
     metrics: the evaluation dict (`t2v_R@1`, ..., `v2t_MnR`). model_info: variant, num_frames, image_size,
     max_length, projection_dim, num_parameters. training: hyperparameter name -> value, shown as a table.
     repo_id: the Hub id used in the usage snippet (default: "path/to/this/folder").
-    limitations: extra items, listed before the default ones.
+    limitations: extra items, listed before the default ones. datasets: the training data (Hub ids or
+    benchmark names), the card's `datasets` field.
     """
     required = ("variant", "num_frames", "image_size", "max_length", "projection_dim", "num_parameters")
     missing = [k for k in required if k not in model_info]
@@ -108,6 +113,8 @@ def build_model_card(
         model_name=model_name,
         base_model=base_model,
         library_name="transformers",
+        pipeline_tag=PIPELINE_TAG,
+        datasets=list(datasets) or None,
         license="apache-2.0",
         language="en",
         tags=["video", "text-to-video-retrieval", "pig", "clip", *tags],

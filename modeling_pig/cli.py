@@ -4,6 +4,7 @@
     accelerate launch --num_processes N -m modeling_pig.cli index VIDEO_DIR --model MODEL --out INDEX
     pig search INDEX "a man plays a guitar" [-k 5]
     pig info INDEX [--json]
+    pig convert --from pig|fpig|clip-vip|clip4clip CHECKPOINT --out DIR [--clip CLIP] [--config CONFIG.json]
 
 `index` embeds every video once into the index folder's embedding store (resumable: rerun the same command
 after an interruption, SIGTERM and Ctrl-C included; rerun it after adding or deleting videos to update the
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .convert import add_convert_parser, run_convert
 from .encoding import sigterm_raises
 from .index import DEFAULT_FAISS_THRESHOLD, VideoIndex
 from .loader import DTYPES, load_model_and_processor, loader_spec, model_source_signature
@@ -87,6 +89,8 @@ def _build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe an index or a build in progress (size, status, failures, recall)")
     info.add_argument("index")
     info.add_argument("--json", action="store_true", help="print one JSON object (status, embedded, total, ...)")
+
+    add_convert_parser(sub)  # `pig convert`: modeling_pig/convert.py
     return parser
 
 
@@ -241,7 +245,7 @@ def main(argv=None) -> int:
     except SystemExit as exit_:  # argparse already printed the usage error
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info}
+    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "convert": run_convert}
     try:
         with sigterm_raises():
             return commands[args.command](args)

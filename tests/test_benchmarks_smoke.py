@@ -163,6 +163,8 @@ def test_search_benchmark_quick_mode_reports_every_backend(tmp_path, capsys):
         assert exact["ratio_to_matvec"] == pytest.approx(exact["single_median_s"] / matvec["single_median_s"])
         assert all(0 < r["single_median_s"] and 0 <= r["recall_at_10"] <= 1 for r in rows)
         assert tuned["params"]["nprobe"] >= default["params"]["nprobe"]  # tuning only raises nprobe
+        # more IVF lists probed can only find more of the true top 10; tuning aims at recall 0.95 (on other queries)
+        assert 0.8 <= tuned["recall_at_10"] and default["recall_at_10"] <= tuned["recall_at_10"] <= 1.0
         assert auto["backend"] == raw["backend"] == "ivfpq" and raw["params"]["nprobe"] == auto["params"]["nprobe"]
         assert raw["params"]["refine"] == 1 and auto["recall_at_10"] >= raw["recall_at_10"]
         assert auto["structure_bytes"] < default["structure_bytes"]  # 8-byte codes instead of 1 KiB of fp16

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_clip_config_dict
+from conftest import tiny_pig_config
 
 from modeling_pig.cli import format_results, main
 
@@ -20,12 +20,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def tiny_pig(seed: int = 0):
     """A tiny random PIGModel + PIGProcessor (4 frames of 32 px; the real CLIP tokenizer, so the tiny text
     tower gets CLIP's vocabulary size and special ids)."""
-    from modeling_pig import PIGConfig, PIGModel, PIGProcessor
+    from modeling_pig import PIGModel, PIGProcessor
 
     torch.manual_seed(seed)
-    clip = tiny_clip_config_dict(text_config=dict(vocab_size=49408, bos_token_id=49406, eos_token_id=49407,
-                                                  pad_token_id=49407))
-    model = PIGModel(PIGConfig(clip_config=clip, num_frames=4, its_top_k=4)).eval()
+    model = PIGModel(tiny_pig_config(real_vocabulary=True, num_frames=4, its_top_k=4)).eval()
     return model, PIGProcessor(num_frames=4, image_size=32)
 
 

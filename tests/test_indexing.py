@@ -249,8 +249,7 @@ def test_zero_shot_index_from_a_plain_clip_checkpoint(video_dir, tmp_path, capsy
     from modeling_pig import PIGProcessor
 
     torch.manual_seed(0)
-    clip_config = tiny_clip_config_dict(text_config=dict(vocab_size=49408, bos_token_id=49406, eos_token_id=49407,
-                                                         pad_token_id=49407))
+    clip_config = tiny_clip_config_dict(real_vocabulary=True)  # the shipped CLIP tokenizer's ids
     clip = CLIPModel(CLIPConfig(**clip_config)).eval()
     clip.save_pretrained(tmp_path / "clip")
     out = tmp_path / "index"

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from training.args import parse_args
-from training.data import EpochSampler, ImageCaptionDataset, TrainCollator, VideoCaptionDataset
-from training.train import stage1_dataset
+from training.data import EpochSampler, ImageCaptionDataset, TrainCollator, VideoCaptionDataset, stage1_dataset
 
 
 @pytest.fixture(scope="module")
