@@ -71,7 +71,8 @@ def test_pig_index_then_search_end_to_end(tiny_model_dir, shared_videos, tmp_pat
     assert status == 0, stderr
     assert "indexed 2 of 3 videos" in stdout
     assert "1 unreadable video(s) skipped" in stdout and "broken.mp4" in stdout
-    assert (out / "index.json").is_file() and (out / "embeddings.safetensors").is_file()
+    meta = json.loads((out / "index.json").read_text())
+    assert (out / meta["files"]["vectors"]).is_file() and (out / meta["files"]["videos"]).is_dir()
 
     status, stdout, stderr = pig(capsys, "search", out, "a man talks in a car", "a smiling face", "-k", 2,
                                  "--device", "cpu")
