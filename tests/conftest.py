@@ -1,4 +1,9 @@
-"""Shared fixtures. Everything here is offline; ../shared/data is optional (tests that need it skip)."""
+"""Shared fixtures. Everything here is offline.
+
+../shared/data (or $PIG_SHARED_DATA) is optional: tests that need it skip when it is missing, except with
+PIG_REQUIRE_SHARED_DATA=1 (set by .ci/run), where a missing folder fails them instead, so CI cannot go green by
+skipping.
+"""
 
 import os
 from pathlib import Path
@@ -13,6 +18,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PIG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def shared_data_missing(reason: str):
+    """Skip (default) or fail (PIG_REQUIRE_SHARED_DATA=1) a test whose shared data is missing."""
+    if os.environ.get("PIG_REQUIRE_SHARED_DATA", "").strip() not in ("", "0"):
+        pytest.fail(f"{reason}; PIG_REQUIRE_SHARED_DATA=1 makes this an error (unset it to skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 # The one tiny model of the tests: 32 px frames, patch 8 -> P = 16 patches, L = 17 tokens per frame, M = 4 globals.
@@ -73,7 +85,7 @@ def tiny_clip_config():
 @pytest.fixture(scope="session")
 def shared_data():
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder not present at {SHARED_DATA}")
+        shared_data_missing(f"shared data folder not present at {SHARED_DATA}")
     return SHARED_DATA
 
 
@@ -82,5 +94,21 @@ def shared_videos(shared_data):
     folder = shared_data / "videos"
     videos = sorted(p for p in folder.glob("*") if p.suffix.lower() in {".mp4", ".mov", ".avi", ".webm", ".mkv"})
     if not videos:
-        pytest.skip(f"no real videos in {folder}")
+        shared_data_missing(f"no real videos in {folder}")
     return videos
+
+
+SYNTHETIC_PARAMS = dict(seed=0, num_train=8, num_test=4, num_images=8)
+SYNTHETIC_ARGS = ["--synthetic_num_train", "8", "--synthetic_num_test", "4", "--synthetic_num_images", "8"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_benchmark(tmp_path_factory):
+    """The tiny synthetic benchmark the training tests share, generated once per session (per xdist worker).
+
+    train.py given `--data_dir` of it and `SYNTHETIC_ARGS` reuses it as it is. Tests must not modify it: copy it
+    (`shutil.copytree`) to break files.
+    """
+    from datasets_scripts.synthetic import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic") / "data", progress=False, **SYNTHETIC_PARAMS)

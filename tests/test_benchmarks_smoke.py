@@ -158,9 +158,11 @@ def test_search_benchmark_quick_mode_reports_every_backend(tmp_path, capsys):
     for n, rows in by_size.items():
         exact = rows[0]
         assert exact["recall_at_10"] == 1.0 and exact["structure_bytes"] >= n * 512 * 2  # fp16 store at least
-        assert all(0 < r["single_median_s"] and 0 <= r["recall_at_10"] <= 1 for r in rows)
+        assert all(0 < r["single_median_s"] for r in rows)
         default, tuned = rows[1], rows[2]
         assert tuned["params"]["nprobe"] >= default["params"]["nprobe"]  # tuning only raises nprobe
+        # more IVF lists probed can only find more of the true top 10; tuning aims at recall 0.9 (on other queries)
+        assert 0.8 <= tuned["recall_at_10"] and default["recall_at_10"] <= tuned["recall_at_10"] <= 1.0
     assert "| 10,000 | exact |" in stdout and "| 2,000 | hnsw |" in stdout
 
 

@@ -343,17 +343,27 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bf16_autocast_runs_and_keeps_the_loss_in_float32():
+def test_bf16_autocast_runs_and_keeps_the_loss_in_float32(monkeypatch):
+    import modeling_pig.modeling_pig as modeling
+
     model = build_model()
     inputs = random_inputs(n_text=3, n_video=3)
     with torch.no_grad():
         reference = model(**inputs, return_loss=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed = model(**inputs, return_loss=True)
+        selected = model.get_video_features(inputs["pixel_values"]).informative_token_indices
+    # The tiny random model's CLS attention is nearly flat, so bf16 rounding can swap which patches ITS picks
+    # (a discrete change, not an error). Hold the float32 selection fixed to compare precision alone.
+    monkeypatch.setattr(modeling, "select_informative_tokens", lambda *args, **kwargs: selected)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(**inputs, return_loss=True)
     for name in ("loss", "contrastive_loss", "generation_loss", "logits_per_text", "video_embeds"):
         assert getattr(mixed, name).dtype == torch.float32, name
     assert torch.isfinite(mixed.loss)
-    torch.testing.assert_close(mixed.video_embeds, reference.video_embeds, rtol=0.1, atol=0.1)
+    # bf16 keeps 8 significant bits (0.4 % steps); unit embeddings with entries up to ~0.5 moved by <= 0.006 here
+    for name in ("video_embeds", "text_embeds", "pseudo_query_embeds"):
+        torch.testing.assert_close(getattr(mixed, name), getattr(reference, name), rtol=0, atol=0.02, msg=name)
+        assert F.cosine_similarity(getattr(mixed, name), getattr(reference, name)).min() > 0.999, name
+    assert mixed.loss.item() == pytest.approx(reference.loss.item(), rel=0.1)
 
 
 # -------------------------------------------------------------------------------------------------------- frames

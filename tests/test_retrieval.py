@@ -119,7 +119,15 @@ def test_faiss_backends_agree_with_exact_search(backend, params):
     recall = index.measure_recall(num_queries=50, k=10)
     assert recall >= (1.0 if backend == "ivf" else 0.9)
     index.set_search_params(**({"nprobe": 1} if backend == "ivf" else {"ef_search": 10}))
-    assert index.measure_recall(num_queries=50, k=10) <= recall
+    low = index.measure_recall(num_queries=50, k=10)
+    # less search effort must cost recall here (IVF: 1 of 16 lists, measured 0.28; HNSW ef 10: 0.89)
+    assert low < (0.6 if backend == "ivf" else 1.0)
+    # and the recall is what it says: top-10 overlap with a brute-force search, counted by hand
+    queries = F.normalize(embeddings[:50] + 0.3 * torch.randn(50, 32), dim=-1)
+    truth = (queries @ embeddings.T).topk(10, dim=1).indices.tolist()
+    _, found = index.search_embeddings(queries, 10)
+    by_hand = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth)) / 500
+    assert index.measure_recall(queries=queries, k=10) == pytest.approx(by_hand)
 
 
 def test_tune_raises_search_effort_until_target_recall():
@@ -160,7 +168,7 @@ def test_save_load_gives_identical_results(tmp_path, backend):
     if backend == "ivf":
         index.set_search_params(nprobe=3)
     index.save(tmp_path / "idx")
-    assert not (tmp_path / "idx" / "faiss.index").exists() or backend != "exact"
+    assert (tmp_path / "idx" / "faiss.index").exists() == (backend == "ivf")  # exact search stores no FAISS index
     loaded = VideoIndex.load(tmp_path / "idx")
     queries = F.normalize(torch.randn(5, 16), dim=-1)
     assert loaded.backend == backend and loaded.paths == index.paths and loaded.failed == index.failed
