@@ -206,3 +206,16 @@ def test_index_benchmark_quick_mode_reports_decode_model_and_pipeline(tmp_path, 
     assert result["ratio_to_serial_bound"] == pytest.approx(
         result["pipeline_videos_per_s"] / result["serial_bound_videos_per_s"])
     assert "| pipeline (encode_videos, 1 workers) |" in stdout and "pipeline / serial bound" in stdout
+
+
+@pytest.mark.slow
+def test_train_step_grad_cache_table_runs_the_three_configurations(tmp_path, capsys):
+    stdout, results = run_script("bench_train_step", tmp_path, capsys, "--grad-cache", "4,2",
+                                 "--grad-cache-frames", "2")
+    rows = results["rows"]
+    assert [(r["batch_size"], r["chunk_size"]) for r in rows] == [(4, 0), (4, 2), (2, 0)]
+    assert all(r["model"] == "PIG" and r["peak_rss"] >= r["rss_after_build"] > 0 for r in rows)
+    assert rows[1]["train_gflops_per_step"] > rows[0]["train_gflops_per_step"]  # the extra forward pass
+    printed = table_rows(stdout, "shape")
+    assert [r[:3] for r in printed] == [["tiny", "4 x 2", "-"], ["tiny", "4 x 2", "2"], ["tiny", "2 x 2", "-"]]
+    assert printed[2][-1] == "1.00x"
