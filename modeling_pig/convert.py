@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from .convert_sources import (
     ConversionError,
@@ -202,7 +203,10 @@ def convert_checkpoint(source: str, checkpoint, out_dir, *, clip=None, config=No
     state_dict, notes = load_checkpoint(checkpoint)
     source_config = read_source_config(config) if config is not None else None
     clip_dict, clip_origin = resolve_clip_config(clip, state_dict, layout, prefix)
-    probe = PIGConfig(clip_config=clip_dict, use_pseudo_query=False)
+    try:
+        probe = PIGConfig(clip_config=clip_dict, use_pseudo_query=False)
+    except (TypeError, ValueError, StrictDataclassError) as err:
+        raise ConversionError(f"the CLIP config ({clip_origin}) makes no valid PIGConfig: {err}") from None
     bos_eos = (probe.generator_bos_token_id, probe.generator_eos_token_id)
 
     keys = KeyMap(state_dict)
@@ -214,18 +218,8 @@ def convert_checkpoint(source: str, checkpoint, out_dir, *, clip=None, config=No
         fields, processor_settings = plan_clip4clip(keys, source_config)
     try:
         pig_config = PIGConfig(clip_config=clip_dict, **fields)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, StrictDataclassError) as err:
         raise ConversionError(f"the settings read from the source make no valid PIGConfig: {err}") from None
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # the only random tensors are pig-init's video_mapper: reproducible
-        model = PIGModel(pig_config).eval()
-    _check_keys(checkpoint, keys, model.state_dict(), new_modules=pig_init)
-    state = model.state_dict()
-    state.update(keys.target)
-    model.load_state_dict(state)
-    if pig_init:
-        _init_new_modules(model, keys)
 
     image_size = pig_config.clip_config.vision_config.image_size
     input_res = None if source_config is None else source_config.get("input_res", None)
@@ -246,6 +240,16 @@ def convert_checkpoint(source: str, checkpoint, out_dir, *, clip=None, config=No
         processor = PIGProcessor(tokenizer=tokenizer, image_size=image_size, **processor_settings)
     except ValueError as err:
         raise ConversionError(f"processor settings read from the source are invalid: {err}") from None
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the only random tensors are pig-init's video_mapper: reproducible
+        model = PIGModel(pig_config).eval()
+    _check_keys(checkpoint, keys, model.state_dict(), new_modules=pig_init)
+    state = model.state_dict()
+    state.update(keys.target)
+    model.load_state_dict(state)
+    if pig_init:
+        _init_new_modules(model, keys)
 
     record = {
         "source": source, "source_label": label, "checkpoint": Path(checkpoint).name,
@@ -354,17 +358,23 @@ def render_card(record: dict, config) -> str:
     lines += [f"| processor `{name}` | `{json.dumps(value)}` |" for name, value in record["processor"].items()]
     lines += ["", "## Tensor mapping", "", "`{i}` stands for a layer index.", "",
               "| source tensor | PIG-HF tensor | count | how |", "| --- | --- | ---: | --- |"]
-    lines += [f"| `{src}` | `{dst}` | {n} | {how} |" for (src, dst, how), n in _grouped(record["mapped"])]
+    lines += [f"| `{src}` | `{dst}` | {n} | {_cell(how)} |" for (src, dst, how), n in _grouped(record["mapped"])]
     if record["dropped"]:
         lines += ["", "## Dropped source tensors", "", "| source tensor | count | why |", "| --- | ---: | --- |"]
-        lines += [f"| `{src}` | {n} | {why} |" for (src, why), n in _grouped(record["dropped"])]
+        lines += [f"| `{src}` | {n} | {_cell(why)} |" for (src, why), n in _grouped(record["dropped"])]
     if record["filled"]:
         lines += ["", "## Tensors without a source tensor", "", "| PIG-HF tensor | value |", "| --- | --- |"]
-        lines += [f"| `{dst}` | {how} |" for dst, how in record["filled"]]
+        lines += [f"| `{dst}` | {_cell(how)} |" for dst, how in record["filled"]]
     lines += ["", "`conversion.json` lists every tensor.", "", "## Use", "", "```python",
               "from modeling_pig import PIGModel, PIGProcessor", "",
-              "model = PIGModel.from_pretrained(folder)", "processor = PIGProcessor.from_pretrained(folder)", "```", ""]
+              'model = PIGModel.from_pretrained("path/to/this/folder")',
+              'processor = PIGProcessor.from_pretrained("path/to/this/folder")', "```", ""]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell (a `|`, as in `<|endoftext|>`, would end the cell)."""
+    return str(text).replace("|", "\\|")
 
 
 def _first_line(err: BaseException) -> str:

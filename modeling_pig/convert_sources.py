@@ -243,9 +243,18 @@ def read_processor_settings(cfg: SourceConfig | None, frames_default: int, lengt
             "max_length": cfg.get("max_txt_len", length_default), "resize_mode": resize_mode}
 
 
-def plan_pig_family(source: str, keys: KeyMap, cfg: SourceConfig, bos_eos_ids: tuple[int, int]) -> tuple[dict, dict]:
-    """pig / fpig: checks the variant and maps `encoder.clipmodel.*`, `generator.*`, `fusioner.*`."""
+def plan_pig_family(source: str, keys: KeyMap, cfg: SourceConfig,
+                    bos_eos_ids: tuple[int, int]) -> tuple[dict, dict]:
+    """pig / fpig: checks the variant and maps `encoder.clipmodel.*`, `generator.*`, `fusioner.*`.
+
+    A config without `generator_config` and `fusioner_config` is the authors' CLIP-ViP baseline run
+    (`msrvtt_retrieval_vip_base_32.json`): only `encoder.clipmodel.*`, to our CLIP-ViP baseline with frame-CLS.
+    """
     fields = read_vip_settings(cfg, keys, "encoder.clipmodel.", frame_cls=True)
+    if cfg.get("generator_config", None) is None and cfg.get("fusioner_config", None) is None:
+        fields.update(use_pseudo_query=False, use_frame_cls=True)
+        map_hf_clip(keys, "encoder.clipmodel.", frame_cls=True)
+        return fields, read_processor_settings(cfg, fields["num_frames"], 50, "squash")
     cfg.expect("generator_config.fr_model_type", ["CLIP-text-encoder"])
     cfg.expect("generator_config.video_mapper_type", ["Linear"])
     cfg.expect("generator_config.num_query_token", [1])
@@ -329,8 +338,8 @@ def plan_clip_vip(keys: KeyMap, cfg: SourceConfig | None, pig_init: bool) -> tup
     """microsoft/XPretrain CLIP-ViP (`clipmodel.*`, no frame-CLS) -> the CLIP-ViP baseline, or a PIG start."""
     embeddings = "clipmodel.vision_model.embeddings."
     if keys.has(embeddings + "cls_in_frames"):
-        raise ConversionError(f"{embeddings}cls_in_frames is present: this is a PIG-family ViP checkpoint, convert "
-                              "it with --from pig or --from fpig")
+        raise ConversionError(f"{embeddings}cls_in_frames is present: this is a PIG-family ViP checkpoint (the "
+                              "authors' CLIP-ViP baseline too); convert it with --from pig or --from fpig")
     if cfg is not None:
         fields = read_vip_settings(cfg, keys, "clipmodel.", frame_cls=False)
     else:  # every model setting is in the tensors

@@ -25,6 +25,7 @@ so that `AutoModel.from_pretrained(dir, trust_remote_code=True)` works without t
 import contextlib
 import inspect
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils import logging as hf_logging
 
 from .configuration_pig import PIGConfig
+from .model_card import write_minimal_model_card
 
 # transformers renamed `create_causal_mask(past_key_values=...)` to `cache=...` within 5.x (the old name warns).
 _CAUSAL_MASK_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
@@ -657,6 +659,13 @@ class PIGModel(PIGPreTrainedModel):
             )
         model.init_new_weights_from_clip_()
         return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a minimal README.md model card (Hub metadata, loading code) when
+        the folder has none yet; a card already there (e.g. training's fuller one) is kept."""
+        if kwargs.get("is_main_process", True) and not os.path.isfile(save_directory):
+            write_minimal_model_card(save_directory, self.config, model_id=kwargs.get("repo_id"))
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def init_new_weights_from_clip_(self):

@@ -15,7 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VOCAB, BOS, EOS = 49408, 49406, 49407
+VOCAB = 49408  # CLIP's; `dims["vocab"]` overrides it (the last two rows are <|startoftext|>, <|endoftext|>)
+
+
+def vocab(dims):
+    return dims.get("vocab", VOCAB)
 
 
 def text_heads(dims):
@@ -110,18 +114,18 @@ def causal_mask(length, padding=None):
 
 
 class TextEmbeddings(nn.Module):
-    def __init__(self, width, positions, vocab=VOCAB, token_table=True):
+    def __init__(self, width, positions, vocab_size=VOCAB, token_table=True):
         super().__init__()
         if token_table:
-            self.token_embedding = nn.Embedding(vocab, width)
+            self.token_embedding = nn.Embedding(vocab_size, width)
         self.position_embedding = nn.Embedding(positions, width)
         self.register_buffer("position_ids", torch.arange(positions).expand((1, -1)))  # persistent, as then
 
 
 class TextTransformer(nn.Module):
-    def __init__(self, width, heads, layers, positions=77):
+    def __init__(self, width, heads, layers, vocab_size=VOCAB, positions=77):
         super().__init__()
-        self.embeddings = TextEmbeddings(width, positions)
+        self.embeddings = TextEmbeddings(width, positions, vocab_size)
         self.encoder = Encoder(width, heads, 4 * width, layers)
         self.final_layer_norm = nn.LayerNorm(width)
 
@@ -190,7 +194,7 @@ class VisionTransformer(nn.Module):
 class CLIPModel(nn.Module):
     def __init__(self, dims, frame_cls=True, temporal=True):
         super().__init__()
-        self.text_model = TextTransformer(dims["text"], text_heads(dims), dims["layers"])
+        self.text_model = TextTransformer(dims["text"], text_heads(dims), dims["layers"], vocab(dims))
         self.vision_model = VisionTransformer(dims["vision"], vision_heads(dims), dims["layers"], dims["image"],
                                               dims["patch"], dims["frames"], dims["proxies"], frame_cls, temporal)
         self.visual_projection = nn.Linear(dims["vision"], dims["proj"], bias=False)
@@ -219,7 +223,7 @@ class VidCLIP(nn.Module):
 class CLIPFeatureReconstructor(nn.Module):
     def __init__(self, dims, fpig):
         super().__init__()
-        self.embeddings = TextEmbeddings(dims["text"], 77, token_table=not fpig)  # F-Pig deletes the table
+        self.embeddings = TextEmbeddings(dims["text"], 77, vocab(dims), token_table=not fpig)  # F-Pig deletes it
         self.encoder = Encoder(dims["text"], text_heads(dims), 4 * dims["text"], dims["layers"])
         self.final_layer_norm = nn.LayerNorm(dims["text"])
         if fpig:
@@ -240,7 +244,7 @@ class FeatureReconstructor(nn.Module):
         if self.fpig:
             return self.bos_tokens, self.query_tokens
         table = self.clip_reconstructor.embeddings.token_embedding.weight  # PIG: fixed rows, never saved
-        return table[BOS].detach(), table[EOS].detach()
+        return table[-2].detach(), table[-1].detach()
 
     def forward(self, tokens):
         net = self.clip_reconstructor
@@ -288,6 +292,14 @@ class XPoolCrossAttentionPooler(nn.Module):
         out = self.layer_norm2(self.cross_attn(self.layer_norm1(texts), self.layer_norm1(videos)))
         out = self.layer_norm3(out + self.dropout(self.linear_proj(out)))
         return torch.diagonal(out, dim1=0, dim2=1).permute(1, 0)  # the matched pairs
+
+
+class AuthorsViPBaseline(nn.Module):
+    """The authors' CLIP-ViP baseline run (`PIG` built from msrvtt_retrieval_vip_base_32.json): only `encoder`."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.encoder = VidCLIP(dims)  # with frame-CLS tokens (keep_frame_cls = 1)
 
 
 class AuthorsPIG(nn.Module):
@@ -369,7 +381,7 @@ class OpenAICLIP(nn.Module):
         self.visual = VisualTransformer(dims["vision"], vision_heads(dims), dims["layers"], dims["image"],
                                         dims["patch"], dims["proj"])
         self.transformer = Transformer(dims["text"], text_heads(dims), dims["layers"])
-        self.token_embedding = nn.Embedding(VOCAB, dims["text"])
+        self.token_embedding = nn.Embedding(vocab(dims), dims["text"])
         self.positional_embedding = nn.Parameter(torch.empty(77, dims["text"]))
         self.ln_final = nn.LayerNorm(dims["text"])
         self.text_projection = nn.Parameter(torch.empty(dims["text"], dims["proj"]))

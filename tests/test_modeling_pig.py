@@ -394,7 +394,7 @@ def test_clip_vip_layout_without_frame_cls_has_no_frame_cls_tokens_or_parameter(
     model = build_model(use_pseudo_query=False, use_frame_cls=False)
     assert "vip.frame_cls" not in model.state_dict()
     pixel_values = random_inputs()["pixel_values"]
-    hidden, _ = model.encode_vip(pixel_values)
+    hidden = model.encode_vip(pixel_values).last_hidden_state
     assert hidden.shape[1] == 4 + NUM_FRAMES * 16  # M + T * P: frames are their patches only
     with_cls = build_model(use_pseudo_query=False)
     with_cls.load_state_dict(model.state_dict(), strict=False)

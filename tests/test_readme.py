@@ -68,3 +68,23 @@ def test_readme_quick_start_runs_as_written(tmp_path, tiny_224_clip, monkeypatch
     with torch.no_grad():
         logits = namespace["model"](**inputs).logits_per_text
     torch.testing.assert_close(scores * scale, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_readme_transformers_conventions_run_as_written(tmp_path, tiny_224_clip, monkeypatch):
+    quick_start = readme_block("## Quick start: the model").replace('"openai/clip-vit-base-patch32"',
+                                                                   repr(str(tiny_224_clip)))
+    code = readme_block("### Like any transformers model")
+    assert "import modeling_pig" in code and 'pipeline("video-text-retrieval"' in code
+    write_mp4(tmp_path / "a.mp4", 20, seed=1)
+    write_mp4(tmp_path / "b.mp4", 8, seed=2)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(quick_start, str(README), "exec"), namespace)
+    exec(compile(code, str(README), "exec"), namespace)
+
+    assert type(namespace["model"]).__name__ == "PIGModel" and (tmp_path / "pig-demo" / "README.md").is_file()
+    assert namespace["inputs"]["input_ids"].shape == (2, 7)  # padding=True: to the longest caption
+    hidden = namespace["out"].video_model_output.hidden_states
+    assert len(hidden) == 1 + 2 and hidden[0].shape == (2, 4 + 12 * 17, 48)  # tiny: 16 patches, 48 wide
+    ranked = namespace["retriever"](text="a man plays a guitar", videos=["a.mp4", "b.mp4"])
+    assert sorted(r["video"] for r in ranked) == ["a.mp4", "b.mp4"]

@@ -184,10 +184,12 @@ class TrainCollator:
         failed = [f"{item['path'] or item['id']}: {item['error']}" for item in items if not item["ok"]]
         batch: dict[str, Any] = {"num_failed": len(failed), "failed": failed}
         if good:
-            features = self.processor(text=[item["caption"] for item in good],
-                                      videos=[item["frames"] for item in good], return_tensors="pt", mode="train")
+            features = self.processor(text=[item["caption"] for item in good], return_tensors="pt")
+            # The frames were sampled when decoded (per-visit generator; images are 1-frame videos): preprocess
+            # them as they are. processor(videos=frames) would sample them again, as it samples a file.
+            pixel_values = torch.stack([self.processor.preprocess_frames(item["frames"]) for item in good])
             batch.update(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
-                         pixel_values=features["pixel_values"])
+                         pixel_values=pixel_values)
         return batch
 
 

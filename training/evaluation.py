@@ -16,6 +16,7 @@ from modeling_pig import PIGModel, PIGProcessor
 from training.args import TrainArguments
 from training.checkpointing import TrainState
 from training.eval_retrieval import embed_split, merge_split_embeddings, score_split
+from training.sharding import restore_scalar_shapes
 
 logger = get_logger(__name__)
 
@@ -38,7 +39,7 @@ def inference_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.n
     else:
         return unwrapped
     copy = PIGModel(unwrapped.config)
-    copy.load_state_dict(state_dict)
+    copy.load_state_dict(restore_scalar_shapes(state_dict, unwrapped))
     return copy.to(accelerator.device)
 
 
@@ -80,7 +81,9 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, processor: PIGP
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
-        accelerator.unwrap_model(model).save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(folder, state_dict=restore_scalar_shapes(state_dict, unwrapped),
+                                  safe_serialization=True)
         processor.save_pretrained(folder)
     accelerator.wait_for_everyone()
 

@@ -61,6 +61,7 @@ from training.data import (
 )
 from training.evaluation import evaluate, evaluate_and_keep_best, save_model
 from training.grad_cache import GradCache
+from training.sharding import vectorize_scalar_parameters
 from training.model import build_model, build_processor, load_generator_weights
 from training.optimization import (
     NonFiniteLossError,
@@ -136,6 +137,8 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
                          f"{num_processes} processes")
     per_process = plan.global_batch // num_processes
 
+    if accelerator.distributed_type == DistributedType.FSDP:
+        vectorize_scalar_parameters(model)  # FSDP refuses 0-d parameters (CLIP's logit_scale); see sharding.py
     trainable = set_trainable(model, plan.trainable_prefixes)
     sampler = EpochSampler(len(train_data), seed=args.seed)
     loader = DataLoader(train_data, batch_size=per_process, sampler=sampler, collate_fn=TrainCollator(processor),
