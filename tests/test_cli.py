@@ -10,21 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_pig_config
+from helpers import tiny_pig
 
 from modeling_pig.cli import format_results, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_pig(seed: int = 0):
-    """A tiny random PIGModel + PIGProcessor (4 frames of 32 px; the real CLIP tokenizer, so the tiny text
-    tower gets CLIP's vocabulary size and special ids)."""
-    from modeling_pig import PIGModel, PIGProcessor
-
-    torch.manual_seed(seed)
-    model = PIGModel(tiny_pig_config(real_vocabulary=True, num_frames=4, its_top_k=4)).eval()
-    return model, PIGProcessor(num_frames=4, image_size=32)
 
 
 @pytest.fixture(scope="module")

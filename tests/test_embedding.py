@@ -1,7 +1,7 @@
 """The embedding store: keys, signatures, crash-safe shards, compaction, text and video encoding through it."""
 
 import torch
-from test_retrieval import FakeModel, FakeProcessor
+from helpers import FakeModel, FakeProcessor
 
 from modeling_pig.embedding import (
     EmbeddingStore,

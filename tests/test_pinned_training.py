@@ -10,12 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 import training.train as train_module
-from conftest import SYNTHETIC_ARGS
-from training.train import main
+from helpers import run_train as run_main
+from helpers import tiny_argv
 
-COMMON = [*SYNTHETIC_ARGS, "--train_batch_size", "4", "--stage1_train_batch_size", "4", "--eval_batch_size", "4",
-          "--logging_steps", "1", "--stage", "both", "--stage1_max_train_steps", "2", "--max_train_steps", "2",
-          "--checkpointing_steps", "1", "--no_do_final_eval"]
+COMMON = ["--stage", "both", "--stage1_max_train_steps", "2", "--max_train_steps", "2", "--checkpointing_steps", "1",
+          "--no_do_final_eval"]
 
 
 class Interrupted(Exception):
@@ -23,12 +22,7 @@ class Interrupted(Exception):
 
 
 def run_train(output_dir, data_dir, *extra):
-    """training.train.main with a fresh accelerate state (several runs share this process)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return main(["--output_dir", str(output_dir), "--data_dir", str(data_dir), *COMMON, *extra])
+    return run_main(tiny_argv(output_dir, data_dir, *COMMON, *extra))
 
 
 def run_until_checkpoint(output_dir, data_dir, stage, step):

@@ -8,70 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import FakeModel, FakeProcessor
 
 from modeling_pig.embedding import EmbeddingStore, model_fingerprint
 from modeling_pig.encoding import encode_texts, encode_videos
 from modeling_pig.index import INDEX_STORE_DIR, VideoIndex, exact_search
 from modeling_pig.video_io import find_videos, read_video_frames
-
-# ----------------------------------------------------------------------------------------------------------
-# A small stand-in for PIGModel / PIGProcessor with the agreed interface (also used by test_evaluate.py):
-# video embedding = a fixed random projection of per-channel frame statistics, text embedding = bag of bytes.
-
-
-class FakeProcessor:
-    """`num_frames`, `load_video`, `__call__(text=..., videos=[uint8 [T, H, W, 3]])` like PIGProcessor, 8x8 frames."""
-
-    def __init__(self, num_frames=2):
-        self.num_frames = num_frames
-
-    def to_dict(self):
-        return {"num_frames": self.num_frames, "size": 8}
-
-    def load_video(self, path, mode="test", start=None, end=None):
-        frames = read_video_frames(path, num_frames=self.num_frames, mode=mode, start=start, end=end)
-        return self(videos=[frames])["pixel_values"][0]  # [T, 3, 8, 8]
-
-    def __call__(self, text=None, videos=None, return_tensors="pt"):
-        out = {}
-        if text is not None:
-            ids = torch.zeros(len(text), 16, dtype=torch.long)
-            mask = torch.zeros(len(text), 16, dtype=torch.long)
-            for i, t in enumerate(text):
-                codes = list(t.encode())[:16]
-                ids[i, :len(codes)] = torch.tensor(codes)
-                mask[i, :len(codes)] = 1
-            out.update(input_ids=ids, attention_mask=mask)
-        if videos is not None:
-            stacked = []
-            for frames in videos:
-                assert frames.dtype == np.uint8 and frames.shape[0] == self.num_frames
-                h, w = frames.shape[1:3]
-                rows = np.linspace(0, h - 1, 8).astype(int)
-                cols = np.linspace(0, w - 1, 8).astype(int)
-                small = frames[:, rows][:, :, cols]  # [T, 8, 8, 3]
-                stacked.append(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 255.0)  # [T, 3, 8, 8]
-            out["pixel_values"] = torch.stack(stacked)
-        return out
-
-
-class FakeModel(torch.nn.Module):
-    def __init__(self, dim=8, seed=0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.video_proj = torch.nn.Parameter(torch.randn(3 * 8 * 8, dim, generator=generator))
-        self.token_emb = torch.nn.Parameter(torch.randn(256, dim, generator=generator))
-        self.video_calls = 0
-
-    def get_video_features(self, pixel_values):
-        self.video_calls += 1
-        pooled = pixel_values.mean(dim=1).flatten(1)  # [B, 3*8*8]
-        return types.SimpleNamespace(pooler_output=(pooled - pooled.mean(dim=1, keepdim=True)) @ self.video_proj)
-
-    def get_text_features(self, input_ids, attention_mask):
-        emb = self.token_emb[input_ids] * attention_mask[..., None]  # [B, L, D]
-        return types.SimpleNamespace(pooler_output=emb.sum(dim=1))
-
 
 @pytest.fixture
 def fake():
