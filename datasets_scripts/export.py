@@ -18,12 +18,16 @@ import sys
 from pathlib import Path
 
 import yaml
-from huggingface_hub import HfApi
+
+from model_cards.hub import push_folder
 
 from .loading import make_builder
 
 logger = logging.getLogger(__name__)
 README = "README.md"
+# Hub metadata saying *retrieval*: the Hub's `text-to-video` category means video generation.
+TASK_CATEGORIES = ["text-retrieval"]
+TAGS = ["text-to-video-retrieval", "video-text-retrieval", "video", "pig-hf"]
 
 
 def _read_front_matter(readme: Path) -> tuple[dict, str]:
@@ -104,21 +108,14 @@ def export_benchmark(name: str, data_dir: str | os.PathLike, out: str | os.PathL
     configs.append({"config_name": config_name, "data_files": data_files})
     configs.sort(key=lambda c: c["config_name"])
     metadata["configs"] = configs
-    metadata.setdefault("task_categories", ["text-to-video"])
-    metadata.setdefault("tags", ["text-to-video-retrieval", "pig-hf"])
+    # (a card written by an older export says text-to-video: that category is replaced, others are kept)
+    categories = [c for c in metadata.get("task_categories", []) if c != "text-to-video"]
+    metadata["task_categories"] = categories + [c for c in TASK_CATEGORIES if c not in categories]
+    tags = list(metadata.get("tags", []))
+    metadata["tags"] = tags + [t for t in TAGS if t not in tags]
     body = _card_body(name, configs, command or f"export_benchmark({name!r}, config={config_name!r})")
     readme.write_text("---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + body, encoding="utf-8")
     return out
-
-
-def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
-                commit_message: str = "Upload benchmark annotations (PIG-HF export)") -> str:
-    """Create the dataset repo `repo_id` if needed and upload `folder` to it; returns the commit URL."""
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
-                             commit_message=commit_message)
-    return str(getattr(info, "commit_url", info))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                            video_paths=args.video_paths, command=command)
     logger.info("wrote %s", out)
     if args.push_to_hub:
-        logger.info("pushed to %s", push_folder(out, args.push_to_hub, private=args.private))
+        url = push_folder(out, args.push_to_hub, repo_type="dataset", private=args.private,
+                          commit_message="Upload benchmark annotations (PIG-HF export)")
+        logger.info("pushed to %s", url)
     return 0
 
 

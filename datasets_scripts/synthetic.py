@@ -16,8 +16,9 @@ Load with `load_benchmark("synthetic", data_dir=cache_dir, split="train" | "test
 split has the same columns; its `video` is a png path (a one-frame video) and its captions describe where the
 shapes are ("a red square at the top left and a blue circle in the center").
 
-Everything is drawn from `numpy.random.default_rng(seed)` streams and encoded single-threaded, so the same
-seed gives identical captions and identical decoded pixels.
+Everything is drawn from `numpy.random.default_rng(seed)` streams, converted to yuv420p with integer numpy math
+and encoded by a single-threaded libx264, so the same seed gives identical captions, identical mp4 bytes and
+identical decoded pixels, in any process.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .common import BenchmarkBuilder, BenchmarkConfig, BenchmarkFileError, base_
 logger = logging.getLogger(__name__)
 
 # Bump when the drawing, the captions or the file layout change: old caches are then regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: RGB -> yuv420p in integer numpy (was swscale)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "test", "images")
 
@@ -79,6 +80,7 @@ OBJECT_RADIUS = 0.09      # half size of a shape, as a fraction of the frame sid
 MOVE_FROM, MOVE_TO = 0.8, 0.2
 SCALE_GROW, SCALE_SHRINK = 1.8, 0.45
 MAX_LAYOUT_TRIES = 200
+AVCOL_SPC_SMPTE170M, AVCOL_RANGE_MPEG = 6, 1  # FFmpeg's AVColorSpace BT.601 (525) and AVColorRange limited
 
 
 @dataclass(frozen=True)
@@ -265,16 +267,45 @@ def render_video(scene: Scene, states: np.ndarray, resolution: int) -> np.ndarra
     return np.stack(frames)
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range yuv420p planes of a uint8 RGB frame [H, W, 3] (H, W even), in exact integer math.
+
+    Returns uint8 [H * 3 // 2, W]: the Y plane, then the U and V planes (each H/2 x W/2) laid out row after row,
+    which is the layout `av.VideoFrame.from_ndarray(..., format="yuv420p")` takes. Chroma is the mean of each 2x2
+    block (centre siting). Integer arithmetic only, so the planes depend on nothing but the pixels: not on
+    swscale's code path (SIMD level, slice threads, buffer alignment) nor on any state left in the process.
+    """
+    r, g, b = (frame[..., channel].astype(np.int32) for channel in range(3))
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16            # the usual 8-bit BT.601 coefficients (x256)
+
+    def block_sum(channel):                                       # sum of each 2x2 block, 0..1020
+        return channel[0::2, 0::2] + channel[0::2, 1::2] + channel[1::2, 0::2] + channel[1::2, 1::2]
+
+    rs, gs, bs = block_sum(r), block_sum(g), block_sum(b)
+    u = ((-38 * rs - 74 * gs + 112 * bs + 512) >> 10) + 128       # (x256 coefficients) x (4 pixels) = >> 10
+    v = ((112 * rs - 94 * gs - 18 * bs + 512) >> 10) + 128
+    height, width = y.shape
+    planes = [y.reshape(-1), u.reshape(-1), v.reshape(-1)]
+    return np.concatenate(planes).astype(np.uint8).reshape(height * 3 // 2, width)
+
+
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
-    """Encode uint8 frames [T, H, W, 3] (H, W even) as h264/yuv420p mp4, single-threaded for reproducibility."""
+    """Encode uint8 RGB frames [T, H, W, 3] (H, W even) as h264/yuv420p mp4 (BT.601, limited range), reproducibly.
+
+    The RGB -> yuv420p conversion is `rgb_to_yuv420p` (integer numpy), so the encoder gets frames in its own
+    pixel format and swscale never runs; libx264 runs with one thread (its SEI records `threads=1`), which makes
+    it deterministic. Same frames -> same bytes, whatever ran before in the process.
+    """
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps, options={"crf": "12", "preset": "fast",
                                                                     "threads": "1"})
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1
+        context = stream.codec_context
+        context.thread_count = 1
+        context.colorspace, context.color_range = AVCOL_SPC_SMPTE170M, AVCOL_RANGE_MPEG  # what rgb_to_yuv420p makes
         for array in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(array), format="yuv420p")
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
 

@@ -14,6 +14,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+# The Hub metadata (library, pipeline tag, tags) is the library's: the minimal card of `save_pretrained` has it too.
+from modeling_pig.model_card import LIBRARY_NAME, PIPELINE_TAG, TAGS
+
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 TASK_TYPE = "text-to-video-retrieval"
 TASK_NAME = "Text-to-Video Retrieval"
@@ -92,13 +95,15 @@ def build_model_card(
     results_note: str | None = None,
     limitations: Sequence[str] = (),
     tags: Sequence[str] = (),
+    datasets: Sequence[str] = (),
 ) -> ModelCard:
     """Render the model card of one trained model.
 
     metrics: the evaluation dict (`t2v_R@1`, ..., `v2t_MnR`). model_info: variant, num_frames, image_size,
     max_length, projection_dim, num_parameters. training: hyperparameter name -> value, shown as a table.
     repo_id: the Hub id used in the usage snippet (default: "path/to/this/folder").
-    limitations: extra items, listed before the default ones.
+    limitations: extra items, listed before the default ones. datasets: the training data (Hub ids or
+    benchmark names), the card's `datasets` field.
     """
     required = ("variant", "num_frames", "image_size", "max_length", "projection_dim", "num_parameters")
     missing = [k for k in required if k not in model_info]
@@ -107,10 +112,12 @@ def build_model_card(
     card_data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
-        library_name="transformers",
+        library_name=LIBRARY_NAME,
+        pipeline_tag=PIPELINE_TAG,
+        datasets=list(datasets) or None,
         license="apache-2.0",
         language="en",
-        tags=["video", "text-to-video-retrieval", "pig", "clip", *tags],
+        tags=[*TAGS, *tags],
         eval_results=eval_results(metrics, dataset_type, dataset_name, dataset_split, dataset_config) or None,
     )
     queries = f"{num_queries} text queries" if num_queries is not None else "all captions are queries"

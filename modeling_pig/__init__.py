@@ -1,23 +1,24 @@
 """PIG: Hybrid-Tower text-to-video retrieval (ICCV 2025), Hugging Face-native.
 
-Public names are resolved lazily so that importing one part (say, the metrics) does not pay for
-the others (the model pulls in transformers and torch).
-
-Reaching any of `PIGConfig`, `PIGModel` or `PIGProcessor` (``from modeling_pig import PIGModel``) imports all
-three modules, which registers the Auto classes together: afterwards ``AutoConfig``, ``AutoModel`` and
-``AutoProcessor`` load a saved PIG folder without ``trust_remote_code``.
+Importing the package registers PIG with transformers, as a model library must: afterwards ``AutoConfig``,
+``AutoModel`` and ``AutoProcessor`` load a saved PIG folder without ``trust_remote_code``, and
+``pipeline("video-text-retrieval", model=folder)`` works. That import pulls in torch and transformers (both are
+imported by transformers' config machinery anyway). The other public names (index, embedding store, metrics,
+video decoding, loader) are resolved lazily, when first reached.
 """
 
 from importlib import import_module
 
 __version__ = "0.1.0"
 
+from .configuration_pig import PIGConfig
+from .modeling_pig import PIGModel, PIGOutput, PIGPreTrainedModel
+from .pipeline_pig import PIGRetrievalPipeline
+from .processing_pig import PIGProcessor, PIGVideoProcessor
+
+_EAGER = ["PIGConfig", "PIGModel", "PIGOutput", "PIGPreTrainedModel", "PIGProcessor", "PIGRetrievalPipeline",
+          "PIGVideoProcessor"]
 _LAZY = {
-    "PIGConfig": "configuration_pig",
-    "PIGModel": "modeling_pig",
-    "PIGPreTrainedModel": "modeling_pig",
-    "PIGOutput": "modeling_pig",
-    "PIGProcessor": "processing_pig",
     "VideoDecodeError": "video_io",
     "read_video_frames": "video_io",
     "sample_frame_indices": "video_io",
@@ -27,23 +28,18 @@ _LAZY = {
     "VideoIndex": "index",
     "exact_search": "index",
     "EmbeddingStore": "embedding",
-    "encode_texts": "embedding",
-    "encode_videos": "embedding",
+    "encode_texts": "encoding",
+    "encode_videos": "encoding",
     "model_fingerprint": "embedding",
     "load_model_and_processor": "loader",
+    "convert_checkpoint": "convert",
 }
 
-__all__ = sorted(_LAZY)
-
-# Modules that register themselves with AutoConfig / AutoModel / AutoProcessor when imported.
-_AUTO_MODULES = ("configuration_pig", "modeling_pig", "processing_pig")
+__all__ = sorted(_EAGER + list(_LAZY))
 
 
 def __getattr__(name):
     if name in _LAZY:
-        if _LAZY[name] in _AUTO_MODULES:
-            for module_name in _AUTO_MODULES:
-                import_module(f".{module_name}", __name__)
         module = import_module(f".{_LAZY[name]}", __name__)
         value = getattr(module, name)
         globals()[name] = value

@@ -5,8 +5,9 @@ the Informativeness Token Selector (§3), the pseudo-query generator (§4), the 
 losses (§6.2). The same config also describes the two Two-Tower baselines of the paper's comparison:
 `use_pseudo_query=False` is CLIP-ViP and `video_tower="meanp"` (with `use_pseudo_query=False`) is CLIP4Clip meanP.
 
-Every field is checked when the config is built (also when it is read from a `config.json`): a wrong type is a
-`TypeError` and an impossible value a `ValueError`, both naming the field.
+Every field is checked when the config is built (also when it is read from a `config.json`) by
+`huggingface_hub.dataclasses.strict`, as transformers' own configs are: a wrong type or an impossible value raises
+a `StrictDataclassError` whose message names the field and whose cause is the `TypeError` / `ValueError`.
 
 This file must import only `transformers`/`torch`/the standard library: it is copied next to saved checkpoints
 (`trust_remote_code`).
@@ -14,8 +15,8 @@ This file must import only `transformers`/`torch`/the standard library: it is co
 
 import copy
 import math
-import numbers
 
+from huggingface_hub.dataclasses import strict, validated_field
 from transformers import AutoConfig, CLIPConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -25,6 +26,27 @@ HEAD_REDUCTIONS = ("max", "mean")
 NUM_CLASS_TOKENS = 1
 
 
+def _requires(description: str, test):
+    """A `@strict` field validator: `test(value)` must hold (the type itself is checked by the annotation)."""
+
+    def validator(value):
+        if value is not None and not test(value):
+            raise ValueError(f"must be {description}, got {value!r}")
+
+    return validator
+
+
+def _one_of(allowed: tuple[str, ...]):
+    """A `@strict` field validator for a string from a fixed set (a wrong type stays a TypeError)."""
+
+    def validator(value):
+        if isinstance(value, str) and value not in allowed:
+            raise ValueError(f"must be one of {allowed}, got {value!r}")
+
+    return validator
+
+
+@strict
 class PIGConfig(PreTrainedConfig):
     r"""Configuration of [`PIGModel`].
 
@@ -56,6 +78,14 @@ class PIGConfig(PreTrainedConfig):
         logit_scale_max (`float`, defaults to ln 200):
             Upper clamp of the log-temperature (lower clamp is 0), applied in `forward` and by
             `PIGModel.clamp_logit_scale_()` after each optimiser step.
+        use_frame_cls (`bool`, defaults to `True`):
+            Put one (shared) frame-CLS token in front of every frame's patches (PIG / F-Pig's ViP tower, §2.3).
+            `False` is the original CLIP-ViP layout (microsoft/XPretrain: frames are their patches only), needed
+            to reproduce CLIP-ViP checkpoints exactly; the generator reads frame-CLS tokens, so `False` requires
+            `use_pseudo_query=False`.
+        generator_use_bos (`bool`, defaults to `True`):
+            Prepend the [bos] slot to the generator input (`use_bos_embeds=1`, §10 row 5). `False` is F-Pig's
+            B/32 release config (`use_bos_embeds=0`): the sequence is `[video tokens, eos]` and there is no [bos].
         learnable_bos_eos (`bool`, defaults to `True`):
             The generator's [bos]/[eos] slots are trainable parameters ([FPIG], §10 row 4); `False` keeps them
             as fixed (saved) buffers ([PIG]).
@@ -78,35 +108,36 @@ class PIGConfig(PreTrainedConfig):
     sub_configs_defaults = {"clip_config": CLIPConfig}
 
     clip_config: dict | CLIPConfig | None = None
-    num_frames: int = 12
-    num_proxy_tokens: int = 3
-    its_top_k: int = 16
-    its_head_reduction: str = "max"
-    generation_loss_weight: float = 1.0
+    num_frames: int = validated_field(_requires(">= 1", lambda v: v >= 1), default=12)
+    num_proxy_tokens: int = validated_field(_requires(">= 0", lambda v: v >= 0), default=3)
+    its_top_k: int = validated_field(_requires(">= 0", lambda v: v >= 0), default=16)
+    its_head_reduction: str = validated_field(_one_of(HEAD_REDUCTIONS), default="max")
+    generation_loss_weight: float | int = validated_field(_requires(">= 0 and finite", lambda v: 0 <= v < math.inf),
+                                                          default=1.0)
     detach_generation_target: bool = False
     use_pseudo_query: bool = True
-    video_tower: str = "vip"
-    logit_scale_init_value: float = 4.60
-    logit_scale_max: float = math.log(200.0)
+    video_tower: str = validated_field(_one_of(VIDEO_TOWERS), default="vip")
+    logit_scale_init_value: float | int = validated_field(_requires("finite", math.isfinite), default=4.60)
+    logit_scale_max: float | int = validated_field(_requires("> 0 and finite", lambda v: 0 < v < math.inf),
+                                                   default=math.log(200.0))
+    use_frame_cls: bool = True
+    generator_use_bos: bool = True
     learnable_bos_eos: bool = True
     generator_output_projection: bool = True
     generator_bos_token_id: int | None = None
     generator_eos_token_id: int | None = None
-    interaction_dropout: float = 0.1
-    interaction_attn_temp: float = 1.0
-    initializer_range: float = 0.02
+    interaction_dropout: float | int = validated_field(_requires("in [0, 1)", lambda v: 0 <= v < 1), default=0.1)
+    interaction_attn_temp: float | int = validated_field(_requires("> 0 and finite", lambda v: 0 < v < math.inf),
+                                                         default=1.0)
+    initializer_range: float | int = validated_field(_requires("> 0 and finite", lambda v: 0 < v < math.inf),
+                                                     default=0.02)
 
     def __post_init__(self, **kwargs):
         # A CLIPConfig passed in is copied: this config writes into it (logit scale) and model construction
         # writes `_attn_implementation` into it; neither may leak into the caller's object.
         if isinstance(self.clip_config, CLIPConfig):
             self.clip_config = copy.deepcopy(self.clip_config)
-        elif self.clip_config is not None and not isinstance(self.clip_config, dict):
-            raise TypeError(
-                f"PIGConfig.clip_config must be a dict or a CLIPConfig, got {type(self.clip_config).__name__}"
-            )
         super().__post_init__(**kwargs)
-        self._check_fields()
         self.clip_config.logit_scale_init_value = float(self.logit_scale_init_value)
         if self.generator_bos_token_id is None or self.generator_eos_token_id is None:
             bos, eos = self._default_bos_eos_token_ids()
@@ -114,7 +145,6 @@ class PIGConfig(PreTrainedConfig):
                 self.generator_bos_token_id = bos
             if self.generator_eos_token_id is None:
                 self.generator_eos_token_id = eos
-        self._check_token_ids()
 
     # ----------------------------------------------------------------------------------------------- derived shapes
     @property
@@ -129,62 +159,31 @@ class PIGConfig(PreTrainedConfig):
         return NUM_CLASS_TOKENS + self.num_proxy_tokens
 
     def generator_sequence_length(self, num_frames: int | None = None) -> int:
-        """Length of the generator input `[bos, CLS, proxies, frame-CLS x T, ITS top-k, eos]` (34 for B/32, T=12)."""
+        """Length of the generator input `[bos, CLS, proxies, frame-CLS x T, ITS top-k, eos]` (34 for B/32, T=12;
+        one less without the [bos] slot)."""
         frames = self.num_frames if num_frames is None else num_frames
-        return 1 + self.num_global_tokens + frames + self.its_top_k + 1
+        return int(self.generator_use_bos) + self.num_global_tokens + frames + self.its_top_k + 1
 
     # -------------------------------------------------------------------------------------------------- validation
-    def _check_fields(self):
-        """Raise TypeError/ValueError naming the field for a wrong type or an impossible value."""
-        for name in ("num_frames", "num_proxy_tokens", "its_top_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"PIGConfig.{name} must be an int, got {type(value).__name__} ({value!r})")
-        for name in ("use_pseudo_query", "detach_generation_target", "learnable_bos_eos",
-                     "generator_output_projection"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise TypeError(f"PIGConfig.{name} must be a bool, got {type(value).__name__} ({value!r})")
-        for name in ("generation_loss_weight", "logit_scale_init_value", "logit_scale_max", "interaction_dropout",
-                     "interaction_attn_temp", "initializer_range"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"PIGConfig.{name} must be a number, got {type(value).__name__} ({value!r})")
-            if not math.isfinite(value):
-                raise ValueError(f"PIGConfig.{name} must be finite, got {value!r}")
-        for name, allowed in (("video_tower", VIDEO_TOWERS), ("its_head_reduction", HEAD_REDUCTIONS)):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise TypeError(f"PIGConfig.{name} must be a str, got {type(value).__name__} ({value!r})")
-            if value not in allowed:
-                raise ValueError(f"PIGConfig.{name} must be one of {allowed}, got {value!r}")
-
-        if self.num_frames < 1:
-            raise ValueError(f"PIGConfig.num_frames must be >= 1, got {self.num_frames}")
-        if self.num_proxy_tokens < 0:
-            raise ValueError(f"PIGConfig.num_proxy_tokens must be >= 0, got {self.num_proxy_tokens}")
-        if self.its_top_k < 0:
-            raise ValueError(f"PIGConfig.its_top_k must be >= 0, got {self.its_top_k}")
-        if self.generation_loss_weight < 0:
-            raise ValueError(f"PIGConfig.generation_loss_weight must be >= 0, got {self.generation_loss_weight}")
-        if self.logit_scale_max <= 0:
-            raise ValueError(f"PIGConfig.logit_scale_max must be > 0, got {self.logit_scale_max}")
+    # Types and single-field ranges are checked by `@strict` on every assignment (the field validators above);
+    # these `validate_*` methods check fields against each other after construction and in `check()`.
+    def validate_logit_scale(self):
         if not 0 <= self.logit_scale_init_value <= self.logit_scale_max:
             raise ValueError(
                 f"PIGConfig.logit_scale_init_value must lie in [0, logit_scale_max={self.logit_scale_max:.4f}], "
                 f"got {self.logit_scale_init_value}"
             )
-        if not 0 <= self.interaction_dropout < 1:
-            raise ValueError(f"PIGConfig.interaction_dropout must be in [0, 1), got {self.interaction_dropout}")
-        if self.interaction_attn_temp <= 0:
-            raise ValueError(f"PIGConfig.interaction_attn_temp must be > 0, got {self.interaction_attn_temp}")
-        if self.initializer_range <= 0:
-            raise ValueError(f"PIGConfig.initializer_range must be > 0, got {self.initializer_range}")
 
+    def validate_video_tower(self):
         if self.video_tower == "meanp" and self.use_pseudo_query:
             raise ValueError(
                 "PIGConfig.use_pseudo_query=True needs video_tower='vip' (the generator reads the ViP proxy and "
                 "frame-CLS tokens); the meanP baseline is video_tower='meanp' with use_pseudo_query=False"
+            )
+        if not self.use_frame_cls and self.use_pseudo_query:
+            raise ValueError(
+                "PIGConfig.use_frame_cls=False needs use_pseudo_query=False (the pseudo-query generator and the "
+                "pseudo interaction read the frame-CLS tokens); it is the original CLIP-ViP baseline layout"
             )
         vision = self.clip_config.vision_config
         if vision.image_size % vision.patch_size != 0:
@@ -192,27 +191,37 @@ class PIGConfig(PreTrainedConfig):
                 f"PIGConfig.clip_config.vision_config.image_size ({vision.image_size}) must be a multiple of "
                 f"patch_size ({vision.patch_size})"
             )
-        if self.video_tower == "vip" and self.use_pseudo_query:
-            max_k = self.num_frames * self.num_patches_per_frame
-            if self.its_top_k > max_k:
-                raise ValueError(
-                    f"PIGConfig.its_top_k ({self.its_top_k}) exceeds the number of patch tokens "
-                    f"num_frames * patches_per_frame = {self.num_frames} * {self.num_patches_per_frame} = {max_k}"
-                )
-            text = self.clip_config.text_config
-            length = self.generator_sequence_length()
-            if length > text.max_position_embeddings:
-                raise ValueError(
-                    f"PIGConfig: the generator sequence [bos, {self.num_global_tokens} global, {self.num_frames} "
-                    f"frame-CLS, its_top_k={self.its_top_k}, eos] has {length} tokens, more than the text "
-                    f"position table (clip_config.text_config.max_position_embeddings="
-                    f"{text.max_position_embeddings})"
-                )
-            if not self.generator_output_projection and text.hidden_size != self.clip_config.projection_dim:
-                raise ValueError(
-                    "PIGConfig.generator_output_projection=False needs clip_config.text_config.hidden_size "
-                    f"({text.hidden_size}) == clip_config.projection_dim ({self.clip_config.projection_dim})"
-                )
+
+    def validate_generator(self):
+        if self.video_tower != "vip" or not self.use_pseudo_query:
+            return  # no generator: the ITS and generator limits do not apply
+        max_k = self.num_frames * self.num_patches_per_frame
+        if self.its_top_k > max_k:
+            raise ValueError(
+                f"PIGConfig.its_top_k ({self.its_top_k}) exceeds the number of patch tokens "
+                f"num_frames * patches_per_frame = {self.num_frames} * {self.num_patches_per_frame} = {max_k}"
+            )
+        text = self.clip_config.text_config
+        length = self.generator_sequence_length()
+        if length > text.max_position_embeddings:
+            raise ValueError(
+                f"PIGConfig: the generator sequence [{'bos, ' if self.generator_use_bos else ''}"
+                f"{self.num_global_tokens} global, {self.num_frames} "
+                f"frame-CLS, its_top_k={self.its_top_k}, eos] has {length} tokens, more than the text position "
+                f"table (clip_config.text_config.max_position_embeddings={text.max_position_embeddings})"
+            )
+        if not self.generator_output_projection and text.hidden_size != self.clip_config.projection_dim:
+            raise ValueError(
+                "PIGConfig.generator_output_projection=False needs clip_config.text_config.hidden_size "
+                f"({text.hidden_size}) == clip_config.projection_dim ({self.clip_config.projection_dim})"
+            )
+
+    def validate_generator_token_ids(self):
+        vocab_size = self.clip_config.text_config.vocab_size
+        for name in ("generator_bos_token_id", "generator_eos_token_id"):
+            value = getattr(self, name)
+            if not 0 <= value < vocab_size:
+                raise ValueError(f"PIGConfig.{name} must lie in [0, vocab_size={vocab_size}), got {value}")
 
     def _default_bos_eos_token_ids(self) -> tuple[int, int]:
         text = self.clip_config.text_config
@@ -225,19 +234,11 @@ class PIGConfig(PreTrainedConfig):
             return text.vocab_size - 2, text.vocab_size - 1
         return bos, eos
 
-    def _check_token_ids(self):
-        vocab_size = self.clip_config.text_config.vocab_size
-        for name in ("generator_bos_token_id", "generator_eos_token_id"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"PIGConfig.{name} must be an int, got {type(value).__name__} ({value!r})")
-            if not 0 <= value < vocab_size:
-                raise ValueError(f"PIGConfig.{name} must lie in [0, vocab_size={vocab_size}), got {value}")
-
     def check(self):
         """Re-run every check (the model calls this, so a config edited after construction is caught too)."""
-        self._check_fields()
-        self._check_token_ids()
+        for name in PIGConfig.__annotations__:  # PIG's own fields: re-assigning runs their `@strict` validators
+            setattr(self, name, getattr(self, name))
+        self.validate()  # the `validate_*` methods
 
 
 if "pig" not in CONFIG_MAPPING:

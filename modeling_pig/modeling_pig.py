@@ -5,7 +5,7 @@ Method specification: docs/pig-method.md (section numbers "§" below refer to it
 Video side (offline, one vector per video):
     pixel_values [B, T, 3, H, W]
       -> ViP tower (§2): CLIP's vision transformer over [video CLS, proxies, T x (frame-CLS + P patches)]
-         with the proxy-guided attention pattern, computed block-wise (no S x S mask)
+         with the proxy-guided attention pattern (`PIGViPEncoderLayer`: block-wise under SDPA, no S x S mask)
       -> ITS (§3): top-k patches by the last layer's video-CLS attention (parameter-free)
       -> pseudo-query generator (§4): causal copy of CLIP's text transformer over
          [bos, CLS, proxies, frame-CLS x T, ITS top-k, eos] -> pseudo-query at the eos slot
@@ -15,13 +15,17 @@ Text side (online): CLIP's text tower, unchanged.
 Baselines in the same class: `use_pseudo_query=False` is CLIP-ViP (video embedding = projected video CLS) and
 `video_tower="meanp"` is CLIP4Clip meanP.
 
+One model, one modeling file, as transformers does (`modeling_clip.py`, `modeling_x_clip.py`): every layer of the
+model is read here top to bottom, which is why this file is longer than the package's usual ~450 lines.
+
 This file must import only `torch`, `transformers` and relative modules: it is copied next to saved checkpoints
 so that `AutoModel.from_pretrained(dir, trust_remote_code=True)` works without this package installed.
 """
 
 import contextlib
-import functools
+import inspect
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +34,23 @@ from torch import nn
 from transformers import AutoModel, CLIPConfig, CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer, CLIPVisionEmbeddings
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.modeling_clip import (
+    CLIPEncoder,
+    CLIPEncoderLayer,
+    CLIPVisionConfig,
+    CLIPVisionEmbeddings,
+    eager_attention_forward,
+)
+from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils import logging as hf_logging
 
 from .configuration_pig import PIGConfig
+from .model_card import write_minimal_model_card
+
+# transformers renamed `create_causal_mask(past_key_values=...)` to `cache=...` within 5.x (the old name warns).
+_CAUSAL_MASK_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 # ---------------------------------------------------------------------------------------------------------- outputs
 
@@ -63,6 +78,10 @@ class PIGOutput(ModelOutput):
             CLS for CLIP-ViP, the mean frame embedding for meanP.
         pseudo_query_embeds (`torch.FloatTensor` of shape `(n_video, projection_dim)`, *optional*):
             L2-normalised pseudo-queries (float32); `None` for the baselines.
+        text_model_output (`BaseModelOutputWithPooling`):
+            The output of [`PIGModel.get_text_features`] (hidden states / attentions when asked), as in CLIP.
+        video_model_output (`PIGVideoOutput`):
+            The output of [`PIGModel.get_video_features`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -73,6 +92,27 @@ class PIGOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     video_embeds: torch.FloatTensor | None = None
     pseudo_query_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    video_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        """As `CLIPOutput.to_tuple`: the nested tower outputs become tuples too."""
+        return tuple(
+            self[key].to_tuple() if key in ("text_model_output", "video_model_output") else self[key]
+            for key in self.keys()
+        )
+
+
+@dataclass
+class PIGViPEncoderOutput(BaseModelOutput):
+    r"""Output of [`PIGModel.encode_vip`]: CLIP's encoder output plus the attention ITS reads.
+
+    Args:
+        cls_attention (`torch.FloatTensor` of shape `(batch, heads, sequence)`, *optional*):
+            The last layer's post-softmax attention of the video CLS over all tokens (float32, no gradient).
+    """
+
+    cls_attention: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -89,6 +129,12 @@ class PIGVideoOutput(BaseModelOutputWithPooling):
             The generator's pseudo-query `t_p` (not normalised); `None` for the baselines.
         informative_token_indices (`torch.LongTensor` of shape `(batch, its_top_k)`, *optional*):
             Positions (in `last_hidden_state`) of the ITS tokens, in descending score order.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            The vision tower's input (after CLIP's pre-LN) and each layer's output, shaped as
+            `last_hidden_state`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            Each vision layer's post-softmax weights, eager attention only (as CLIP): ViP `(batch, heads, S, S)`,
+            meanP per frame `(batch * frames, heads, 1 + P, 1 + P)`.
     """
 
     pseudo_query_embeds: torch.FloatTensor | None = None
@@ -101,10 +147,11 @@ class PIGVideoOutput(BaseModelOutputWithPooling):
 def gather_features(*features: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """All-gather `[n_local, ...]` tensors from every process, with gradients, concatenated in rank order.
 
-    The one place where PIG talks to torch.distributed. Without an initialised process group (or with one
-    process) the inputs come back unchanged. `None` entries pass through. The backward of the gather sums the
-    gradients that every process's loss sends to this process's rows; with DDP's gradient averaging this gives
-    exactly the gradient of the loss over the global batch (§6.2).
+    The one place where PIG talks to torch.distributed; `forward` calls it only when its caller asks
+    (`gather_across_processes=True`), because a collective called on one rank alone waits forever. Without an
+    initialised process group (or with one process) the inputs come back unchanged. `None` entries pass
+    through. The backward of the gather sums the gradients that every process's loss sends to this process's
+    rows; with DDP's gradient averaging this gives exactly the gradient of the loss over the global batch (§6.2).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return features
@@ -158,14 +205,15 @@ class PIGViPEmbeddings(nn.Module):
 
     CLIP's own patch, class and position embeddings are passed in at call time (they stay under `clip.`):
     this module holds only `proxy_tokens` [N, D] (std-1 init, §10 row 17), the shared `frame_cls` [D]
-    (a copy of CLIP's class embedding, §10 row 12) and `temporal_embedding` [1, num_frames, D] (zeros).
+    (a copy of CLIP's class embedding, §10 row 12; absent with `use_frame_cls=False`, the original CLIP-ViP
+    layout) and `temporal_embedding` [1, num_frames, D] (zeros).
     """
 
     def __init__(self, config: PIGConfig):
         super().__init__()
         hidden_size = config.clip_config.vision_config.hidden_size
         self.proxy_tokens = nn.Parameter(torch.empty(config.num_proxy_tokens, hidden_size))
-        self.frame_cls = nn.Parameter(torch.empty(hidden_size))
+        self.frame_cls = nn.Parameter(torch.empty(hidden_size)) if config.use_frame_cls else None
         self.temporal_embedding = nn.Parameter(torch.zeros(1, config.num_frames, hidden_size))
 
     def temporal_table(self, num_frames: int) -> torch.Tensor:
@@ -176,7 +224,8 @@ class PIGViPEmbeddings(nn.Module):
         return table[0]
 
     def forward(self, pixel_values: torch.Tensor, clip_embeddings: CLIPVisionEmbeddings) -> torch.Tensor:
-        """`[B, T, 3, H, W]` -> `[B, M + T * (1 + P), D]` (before CLIP's pre-LN)."""
+        """`[B, T, 3, H, W]` -> `[B, M + T * (1 + P), D]` (before CLIP's pre-LN); `[B, M + T * P, D]` without
+        frame-CLS tokens."""
         batch, num_frames = pixel_values.shape[:2]
         frames = pixel_values.flatten(0, 1).to(clip_embeddings.patch_embedding.weight.dtype)  # [B*T, 3, H, W]
         patches = clip_embeddings.patch_embedding(frames).flatten(2).transpose(1, 2)  # [B*T, P, D]
@@ -184,86 +233,149 @@ class PIGViPEmbeddings(nn.Module):
         positions = clip_embeddings.position_embedding.weight  # [1 + P, D]
         temporal = self.temporal_table(num_frames)  # [T, D]
 
-        patches = patches.view(batch, num_frames, num_patches, hidden) + positions[1:] + temporal[:, None]
-        frame_cls = (self.frame_cls + positions[0] + temporal)[None, :, None].expand(batch, -1, -1, -1)  # [B,T,1,D]
-        frames = torch.cat([frame_cls.to(patches.dtype), patches], dim=2)  # [B, T, 1 + P, D]
-        frames = frames.reshape(batch, num_frames * (1 + num_patches), hidden)  # [B, T*L, D]
+        frames = patches.view(batch, num_frames, num_patches, hidden) + positions[1:] + temporal[:, None]
+        if self.frame_cls is not None:
+            frame_cls = (self.frame_cls + positions[0] + temporal)[None, :, None]  # [1, T, 1, D]
+            frame_cls = frame_cls.expand(batch, -1, -1, -1)
+            frames = torch.cat([frame_cls.to(frames.dtype), frames], dim=2)  # [B, T, 1 + P, D]
+        frames = frames.reshape(batch, -1, hidden)  # [B, T*L, D]
 
         global_tokens = torch.cat([clip_embeddings.class_embedding[None], self.proxy_tokens], dim=0) + positions[0]
         global_tokens = global_tokens[None].expand(batch, -1, -1).to(frames.dtype)  # [B, M, D]
         return torch.cat([global_tokens, frames], dim=1)  # [B, M + T*L, D]
 
 
-def vip_encoder_layer_forward(
-    layer: CLIPEncoderLayer,
-    hidden_states: torch.Tensor,
-    num_global_tokens: int,
-    num_frames: int,
-    return_cls_attention: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One CLIP encoder layer with the ViP attention pattern (§2.4), computed block-wise with CLIP's weights.
+def vip_attention_mask(num_global_tokens: int, num_frames: int, tokens_per_frame: int, dtype: torch.dtype,
+                       device: torch.device | None = None) -> torch.Tensor:
+    """The additive `[1, 1, S, S]` mask of the ViP attention pattern (§2.4), `S = M + T * L`.
 
-    Global queries (the first `num_global_tokens`) attend all S tokens: one SDPA call. The frame queries are
-    batched as `B * T` sequences whose keys are `[globals, own frame]`: a second SDPA call. This equals full
-    attention with the additive mask `allowed[q, k] = q < M or k < M or frame(q) == frame(k)` without ever
-    building an S x S matrix (S = 2,368 at B/16). Everything else is CLIP's pre-LN block.
-
-    Args:
-        layer: a `CLIPEncoderLayer` of CLIP's vision encoder (weights and names stay CLIP's).
-        hidden_states: `[B, S, D]` with `S = M + T * L`.
-        return_cls_attention: also return the video CLS query's post-softmax attention over all S tokens,
-            `[B, heads, S]` (no gradient), which ITS reads from the last layer (§3).
+    `allowed[q, k] = q < M or k < M or frame(q) == frame(k)`: the global tokens (video CLS, proxies) see and are
+    seen by every token; a frame token sees the globals and its own frame. Allowed entries are 0, the others the
+    dtype's minimum (not -inf, so that a softmax in any dtype stays finite).
     """
-    batch, seq_len, hidden = hidden_states.shape
-    attention = layer.self_attn
-    heads, head_dim = attention.num_heads, attention.head_dim
-    num_global = num_global_tokens
-    tokens_per_frame = (seq_len - num_global) // num_frames
-    dropout = attention.dropout if layer.training else 0.0
+    seq_len = num_global_tokens + num_frames * tokens_per_frame
+    frame_of = torch.full((seq_len,), -1, device=device)
+    frame_of[num_global_tokens:] = torch.arange(num_frames, device=device).repeat_interleave(tokens_per_frame)
+    is_global = frame_of < 0
+    allowed = is_global[:, None] | is_global[None, :] | (frame_of[:, None] == frame_of[None, :])  # [S, S]
+    mask = torch.zeros(seq_len, seq_len, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
-    residual = hidden_states
-    normed = layer.layer_norm1(hidden_states)
-    query = attention.q_proj(normed).view(batch, seq_len, heads, head_dim)
-    key = attention.k_proj(normed).view(batch, seq_len, heads, head_dim)
-    value = attention.v_proj(normed).view(batch, seq_len, heads, head_dim)
 
-    # Global queries over all keys.
-    global_query = query[:, :num_global].transpose(1, 2)  # [B, H, M, hd]
-    all_keys, all_values = key.transpose(1, 2), value.transpose(1, 2)  # [B, H, S, hd]
-    global_out = F.scaled_dot_product_attention(
-        global_query, all_keys, all_values, dropout_p=dropout, scale=attention.scale
-    )  # [B, H, M, hd]
-    global_out = global_out.transpose(1, 2).reshape(batch, num_global, hidden)  # [B, M, D]
+class PIGViPEncoderLayer(CLIPEncoderLayer):
+    """A CLIP vision encoder layer with the ViP attention pattern (§2.4); the ViP tower is a stack of these.
 
-    # Frame queries over [globals, own frame], one sequence per (video, frame).
-    def per_frame(tensor):  # [B, S, H, hd] -> [B*T, H, L, hd]
-        tensor = tensor[:, num_global:].reshape(batch, num_frames, tokens_per_frame, heads, head_dim)
-        return tensor.permute(0, 1, 3, 2, 4).reshape(batch * num_frames, heads, tokens_per_frame, head_dim)
+    It is a `CLIPEncoderLayer`: the same children (`self_attn`, `layer_norm1`, `mlp`, `layer_norm2`), so parameter
+    names and every saved checkpoint stay CLIP's, and checkpointing comes from CLIP's `GradientCheckpointingLayer`
+    (`model.activation_checkpointing_enable()`). The attention follows the vision config's `_attn_implementation`:
 
-    def globals_per_frame(tensor):  # [B, S, H, hd] -> [B*T, H, M, hd]
-        tensor = tensor[:, :num_global].transpose(1, 2)[:, None]  # [B, 1, H, M, hd]
-        return tensor.expand(-1, num_frames, -1, -1, -1).reshape(batch * num_frames, heads, num_global, head_dim)
+    * `"eager"`: full attention over the `S` tokens with the explicit mask of `vip_attention_mask`; it can return
+      the attention weights `[B, heads, S, S]` (`output_attentions=True`).
+    * any other implementation (`"sdpa"`, ...): block-wise, two calls of that attention function and no `S x S`
+      matrix (S = 2,368 at B/16). The global queries (the first `M`) attend all `S` keys; the frame queries are
+      batched as `B * T` sequences whose keys are `[globals, own frame]`. The result equals the masked one.
 
-    frame_keys = torch.cat([globals_per_frame(key), per_frame(key)], dim=2)  # [B*T, H, M+L, hd]
-    frame_values = torch.cat([globals_per_frame(value), per_frame(value)], dim=2)  # [B*T, H, M+L, hd]
-    frame_out = F.scaled_dot_product_attention(
-        per_frame(query), frame_keys, frame_values, dropout_p=dropout, scale=attention.scale
-    )  # [B*T, H, L, hd]
-    frame_out = frame_out.view(batch, num_frames, heads, tokens_per_frame, head_dim).permute(0, 1, 3, 2, 4)
-    frame_out = frame_out.reshape(batch, num_frames * tokens_per_frame, hidden)  # [B, T*L, D]
+    Without a video layout (`num_frames=None`) the layer is CLIP's own (e.g. `model.clip.get_image_features`).
+    """
 
-    attn_out = attention.out_proj(torch.cat([global_out, frame_out], dim=1))  # [B, S, D]
-    hidden_states = residual + attn_out
-    hidden_states = hidden_states + layer.mlp(layer.layer_norm2(hidden_states))
+    def __init__(self, config: CLIPVisionConfig, num_global_tokens: int):
+        super().__init__(config)
+        self.num_global_tokens = num_global_tokens
 
-    cls_attention = None
-    if return_cls_attention:
-        with torch.no_grad():
-            # The video CLS is a global query, so its row is unmasked: a softmax over all S keys (§11).
-            cls_query = global_query[:, :, :1].float()  # [B, H, 1, hd]
-            scores = (cls_query @ all_keys.float().transpose(-1, -2)) * attention.scale  # [B, H, 1, S]
-            cls_attention = scores.softmax(dim=-1)[:, :, 0]  # [B, H, S]
-    return hidden_states, cls_attention
+    @classmethod
+    def from_clip_layer(cls, layer: CLIPEncoderLayer, num_global_tokens: int) -> "PIGViPEncoderLayer":
+        """A ViP layer made of `layer`'s modules: the very same parameter tensors, no new ones, no random draws
+        (a model built under a seed gets the same weights with or without this swap)."""
+        with torch.device("meta"):  # the children built here are replaced at once by `layer`'s
+            vip_layer = cls(layer.self_attn.config, num_global_tokens)
+        for name, module in layer.named_children():
+            setattr(vip_layer, name, module)
+        return vip_layer.train(layer.training)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        output_attentions: bool = False,
+        return_cls_attention: bool = False,
+        **kwargs,
+    ):
+        """`[B, S, D]` with `S = M + T * L` -> `(hidden_states [B, S, D], attention weights, CLS attention)`.
+
+        Args:
+            num_frames: `T`; `None` runs CLIP's plain layer (then `attention_mask` and `kwargs` are CLIP's and the
+                return value is CLIP's, a tensor).
+            output_attentions: return the post-softmax weights `[B, heads, S, S]` (eager only; `None` otherwise,
+                as CLIP does under SDPA).
+            return_cls_attention: return the video CLS query's post-softmax attention over all S tokens
+                `[B, heads, S]` (float32, no gradient), which ITS reads from the last layer (§3).
+        """
+        if num_frames is None:
+            return super().forward(hidden_states, attention_mask, **kwargs)
+        residual = hidden_states
+        attn_output, attn_weights, cls_attention = self._vip_attention(
+            self.layer_norm1(hidden_states), num_frames, output_attentions, return_cls_attention
+        )
+        hidden_states = residual + attn_output
+        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        return hidden_states, attn_weights, cls_attention
+
+    def _vip_attention(self, hidden_states, num_frames, output_attentions, return_cls_attention):
+        """CLIP's attention projections with the §2.4 pattern: `[B, S, D]` -> `([B, S, D], weights, CLS attention)`."""
+        attention = self.self_attn
+        batch, seq_len, width = hidden_states.shape
+        heads, head_dim = attention.num_heads, attention.head_dim
+        num_global = self.num_global_tokens
+        tokens_per_frame = (seq_len - num_global) // num_frames
+        dropout = attention.dropout if self.training else 0.0
+        query = attention.q_proj(hidden_states).view(batch, seq_len, heads, head_dim)
+        key = attention.k_proj(hidden_states).view(batch, seq_len, heads, head_dim)
+        value = attention.v_proj(hidden_states).view(batch, seq_len, heads, head_dim)
+        all_keys, all_values = key.transpose(1, 2), value.transpose(1, 2)  # [B, H, S, hd]
+
+        attn_weights = None
+        implementation = attention.config._attn_implementation
+        if implementation in (None, "eager"):
+            mask = vip_attention_mask(num_global, num_frames, tokens_per_frame, query.dtype, query.device)
+            attn_output, attn_weights = eager_attention_forward(
+                attention, query.transpose(1, 2), all_keys, all_values, mask, scaling=attention.scale, dropout=dropout
+            )  # [B, S, H, hd], [B, H, S, S]
+            attn_output = attn_output.reshape(batch, seq_len, width)
+            if not output_attentions:
+                attn_weights = None
+        else:
+            attend = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            options = dict(scaling=attention.scale, dropout=dropout, is_causal=False, output_attentions=output_attentions)
+            # Global queries over all keys.
+            global_query = query[:, :num_global].transpose(1, 2)  # [B, H, M, hd]
+            global_out, _ = attend(attention, global_query, all_keys, all_values, None, **options)  # [B, M, H, hd]
+
+            # Frame queries over [globals, own frame], one sequence per (video, frame).
+            def per_frame(tensor):  # [B, S, H, hd] -> [B*T, H, L, hd]
+                tensor = tensor[:, num_global:].reshape(batch, num_frames, tokens_per_frame, heads, head_dim)
+                return tensor.permute(0, 1, 3, 2, 4).reshape(batch * num_frames, heads, tokens_per_frame, head_dim)
+
+            def globals_per_frame(tensor):  # [B, S, H, hd] -> [B*T, H, M, hd]
+                tensor = tensor[:, :num_global].transpose(1, 2)[:, None]  # [B, 1, H, M, hd]
+                return tensor.expand(-1, num_frames, -1, -1, -1).reshape(batch * num_frames, heads, num_global, head_dim)
+
+            frame_keys = torch.cat([globals_per_frame(key), per_frame(key)], dim=2)  # [B*T, H, M+L, hd]
+            frame_values = torch.cat([globals_per_frame(value), per_frame(value)], dim=2)  # [B*T, H, M+L, hd]
+            frame_out, _ = attend(attention, per_frame(query), frame_keys, frame_values, None, **options)  # [B*T, L, H, hd]
+            attn_output = torch.cat(
+                [global_out.reshape(batch, num_global, width), frame_out.reshape(batch, num_frames * tokens_per_frame, width)],
+                dim=1,
+            )  # [B, S, D]
+
+        cls_attention = None
+        if return_cls_attention:
+            with torch.no_grad():
+                # The video CLS is a global query, so its row is unmasked: a softmax over all S keys (§11).
+                cls_query = query[:, :1].transpose(1, 2).float()  # [B, H, 1, hd]
+                scores = (cls_query @ all_keys.float().transpose(-1, -2)) * attention.scale  # [B, H, 1, S]
+                cls_attention = scores.softmax(dim=-1)[:, :, 0]  # [B, H, S]
+        return attention.out_proj(attn_output), attn_weights, cls_attention
 
 
 # ------------------------------------------------------------------------------------------------------ ITS (§3)
@@ -309,7 +421,8 @@ class PIGPseudoQueryGenerator(nn.Module):
 
     Parameters (under `generator.`): `video_mapper` (Linear projection_dim -> text width), `bos_embedding` /
     `eos_embedding` (slots initialised from CLIP's `<|startoftext|>` / `<|endoftext|>` token rows; trainable unless
-    `learnable_bos_eos=False`), `position_embedding`, `encoder.layers.*` and `final_layer_norm` (CLIP text names),
+    `learnable_bos_eos=False`; no `bos_embedding` with `generator_use_bos=False`), `position_embedding`,
+    `encoder.layers.*` and `final_layer_norm` (CLIP text names),
     `text_projection` (copy of CLIP's, if `generator_output_projection`). No token-embedding table (§10 row 18).
     """
 
@@ -319,12 +432,14 @@ class PIGPseudoQueryGenerator(nn.Module):
         projection_dim = config.clip_config.projection_dim
         self.text_config = text_config  # for the causal-mask helper (attention implementation)
         self.video_mapper = nn.Linear(projection_dim, width)
-        if config.learnable_bos_eos:
-            self.bos_embedding = nn.Parameter(torch.empty(width))
-            self.eos_embedding = nn.Parameter(torch.empty(width))
-        else:
-            self.register_buffer("bos_embedding", torch.empty(width))
-            self.register_buffer("eos_embedding", torch.empty(width))
+        slots = ("bos_embedding", "eos_embedding") if config.generator_use_bos else ("eos_embedding",)
+        if not config.generator_use_bos:
+            self.bos_embedding = None
+        for name in slots:
+            if config.learnable_bos_eos:
+                setattr(self, name, nn.Parameter(torch.empty(width)))
+            else:
+                self.register_buffer(name, torch.empty(width))
         self.position_embedding = nn.Embedding(text_config.max_position_embeddings, width)
         self.encoder = CLIPEncoder(text_config)
         self.final_layer_norm = nn.LayerNorm(width, eps=text_config.layer_norm_eps)
@@ -347,7 +462,8 @@ class PIGPseudoQueryGenerator(nn.Module):
             source_params = dict(source.named_parameters())
             pairs.extend((param, source_params[name]) for name, param in target.named_parameters())
         token_table = text.embeddings.token_embedding.weight
-        pairs.append((self.bos_embedding, token_table[bos_token_id]))
+        if self.bos_embedding is not None:
+            pairs.append((self.bos_embedding, token_table[bos_token_id]))
         pairs.append((self.eos_embedding, token_table[eos_token_id]))
         return pairs
 
@@ -355,13 +471,16 @@ class PIGPseudoQueryGenerator(nn.Module):
         """`[B, n, projection_dim]` tokens in the order [CLS, proxies, frame-CLS, ITS] -> pseudo-query `[B, dim]`."""
         mapped = self.video_mapper(video_tokens)  # [B, n, W]
         batch = mapped.shape[0]
-        bos = self.bos_embedding.to(mapped.dtype).expand(batch, 1, -1)
         eos = self.eos_embedding.to(mapped.dtype).expand(batch, 1, -1)
-        sequence = torch.cat([bos, mapped, eos], dim=1)  # [B, n + 2, W]
+        pieces = [mapped, eos]
+        if self.bos_embedding is not None:
+            pieces.insert(0, self.bos_embedding.to(mapped.dtype).expand(batch, 1, -1))
+        sequence = torch.cat(pieces, dim=1)  # [B, n + 2, W] ([B, n + 1, W] without [bos])
         positions = torch.arange(sequence.shape[1], device=sequence.device)
         sequence = sequence + self.position_embedding(positions)
+        no_cache = {_CAUSAL_MASK_CACHE_ARGUMENT: None}
         causal_mask = create_causal_mask(
-            config=self.text_config, inputs_embeds=sequence, attention_mask=None, past_key_values=None
+            config=self.text_config, inputs_embeds=sequence, attention_mask=None, **no_cache
         )  # None under SDPA (is_causal is used instead)
         hidden = self.encoder(inputs_embeds=sequence, attention_mask=causal_mask, is_causal=True).last_hidden_state
         pseudo_query = self.final_layer_norm(hidden[:, -1])  # the [eos] slot, [B, W]
@@ -423,7 +542,7 @@ class PIGPreTrainedModel(PreTrainedModel):
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings"]
+    _no_split_modules = ["CLIPEncoderLayer", "PIGViPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -435,7 +554,8 @@ class PIGPreTrainedModel(PreTrainedModel):
         if isinstance(module, PIGViPEmbeddings):
             init.normal_(module.proxy_tokens, mean=0.0, std=1.0)
             init.zeros_(module.temporal_embedding)
-            init.copy_(module.frame_cls, self.clip.vision_model.embeddings.class_embedding)
+            if module.frame_cls is not None:
+                init.copy_(module.frame_cls, self.clip.vision_model.embeddings.class_embedding)
         elif isinstance(module, PIGPseudoQueryGenerator):
             for target, source in module.clip_weight_pairs(
                 self.clip, self.config.generator_bos_token_id, self.config.generator_eos_token_id
@@ -486,14 +606,18 @@ class PIGModel(PIGPreTrainedModel):
         super().__init__(config)
         config.check()
         self.clip = CLIPModel._from_config(config.clip_config)
-        self.vip = PIGViPEmbeddings(config) if config.video_tower == "vip" else None
+        self.vip = None
+        if config.video_tower == "vip":
+            self.vip = PIGViPEmbeddings(config)
+            vision_layers = self.clip.vision_model.encoder.layers
+            for index, layer in enumerate(vision_layers):  # same modules and names, ViP attention (§2.4)
+                vision_layers[index] = PIGViPEncoderLayer.from_clip_layer(layer, config.num_global_tokens)
         if config.use_pseudo_query:
             self.generator = PIGPseudoQueryGenerator(config, self.clip.config.text_config)
             self.interaction = PIGPseudoInteraction(config)
         else:
             self.generator = None
             self.interaction = None
-        self.gradient_checkpointing = False
         self.post_init()
 
     # ------------------------------------------------------------------------------------------------ loading
@@ -536,6 +660,13 @@ class PIGModel(PIGPreTrainedModel):
         model.init_new_weights_from_clip_()
         return model
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a minimal README.md model card (Hub metadata, loading code) when
+        the folder has none yet; a card already there (e.g. training's fuller one) is kept."""
+        if kwargs.get("is_main_process", True) and not os.path.isfile(save_directory):
+            write_minimal_model_card(save_directory, self.config, model_id=kwargs.get("repo_id"))
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def init_new_weights_from_clip_(self):
         """Copy the current CLIP weights into the generator copy and the ViP frame-CLS; reset the logit scale.
@@ -543,7 +674,7 @@ class PIGModel(PIGPreTrainedModel):
         `from_clip` calls this after loading CLIP (the same copies `_init_weights` makes at construction).
         Never call it on a trained PIG model: it overwrites the generator.
         """
-        if self.vip is not None:
+        if self.vip is not None and self.vip.frame_cls is not None:
             self.vip.frame_cls.copy_(self.clip.vision_model.embeddings.class_embedding)
         if self.generator is not None:
             for target, source in self.generator.clip_weight_pairs(
@@ -556,6 +687,30 @@ class PIGModel(PIGPreTrainedModel):
     def clamp_logit_scale_(self):
         """Clamp the log-temperature to [0, logit_scale_max] in place; call after every optimiser step (§6.2)."""
         self.clip.logit_scale.clamp_(0.0, self.config.logit_scale_max)
+
+    def get_logit_scale(self) -> torch.Tensor:
+        """The contrastive logits' scale: `exp` of the learnable log-temperature clamped to [0, logit_scale_max],
+        float32 scalar (with gradients)."""
+        return self.clip.logit_scale.float().clamp(0.0, self.config.logit_scale_max).exp()
+
+    def loss_from_embeddings(self, text_embeds: torch.Tensor, video_embeds: torch.Tensor,
+                             pseudo_query_embeds: torch.Tensor | None, logit_scale: torch.Tensor,
+                             gather_across_processes: bool = False):
+        """`(loss, contrastive_loss, generation_loss)` of L2-normalised float32 embeddings `[n, D]` (row i of each
+        belongs together): InfoNCE + generation_loss_weight * L_recon, the loss `forward(return_loss=True)`
+        returns. `generation_loss` is None without pseudo-queries. With `gather_across_processes` the rows of
+        every process are all-gathered with gradients first (call it on every process). Gradient caching
+        (training/) computes the loss of a whole batch from embeddings encoded in chunks with it.
+        """
+        if gather_across_processes:
+            text_embeds, video_embeds, pseudo_query_embeds = gather_features(text_embeds, video_embeds,
+                                                                             pseudo_query_embeds)
+        contrastive = contrastive_loss(text_embeds, video_embeds, logit_scale)
+        if pseudo_query_embeds is None:
+            return contrastive, contrastive, None
+        target = text_embeds.detach() if self.config.detach_generation_target else text_embeds
+        reconstruction = generation_loss(pseudo_query_embeds, target)
+        return contrastive + self.config.generation_loss_weight * reconstruction, contrastive, reconstruction
 
     # -------------------------------------------------------------------------------------------- validation
     def _check_pixel_values(self, pixel_values) -> torch.Tensor:
@@ -588,56 +743,110 @@ class PIGModel(PIGPreTrainedModel):
             )
 
     # ------------------------------------------------------------------------------------------------ towers
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """CLIP text tower. Returns `BaseModelOutputWithPooling` with `.pooler_output` `[n_text, projection_dim]`
-        (projected EOT state, not normalised)."""
-        self._check_text_inputs(input_ids, attention_mask)
-        return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[bool, bool]:
+        """The flags as given, or the config's defaults (`config.output_hidden_states`, ...) as CLIP does."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        return bool(output_hidden_states), bool(output_attentions)
 
-    def encode_vip(self, pixel_values: torch.Tensor, return_cls_attention: bool = False):
-        """ViP vision tower (§2): `[B, T, 3, H, W]` -> last hidden state `[B, M + T*(1+P), D]` (before post-LN)
-        and, if asked, the last layer's video-CLS attention `[B, heads, S]` for ITS."""
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """CLIP text tower. Returns `BaseModelOutputWithPooling` with `.pooler_output` `[n_text, projection_dim]`
+        (projected EOT state, not normalised), CLIP's `hidden_states` / `attentions` when asked, and a tuple with
+        `return_dict=False`."""
+        self._check_text_inputs(input_ids, attention_mask)
+        output_hidden_states, output_attentions = self._output_flags(output_hidden_states, output_attentions)
+        return self.clip.get_text_features(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **kwargs,
+        )
+
+    def encode_vip(
+        self,
+        pixel_values: torch.Tensor,
+        return_cls_attention: bool = False,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> PIGViPEncoderOutput:
+        """ViP vision tower (§2): `[B, T, 3, H, W]` -> `PIGViPEncoderOutput` with the last hidden state
+        `[B, M + T*(1+P), D]` (before CLIP's post-LN), the last layer's video-CLS attention `[B, heads, S]` for ITS
+        when `return_cls_attention`, and CLIP's `hidden_states` / `attentions` tuples when asked."""
         if self.vip is None:
             raise ValueError(f"encode_vip needs video_tower='vip', this model has {self.config.video_tower!r}")
         vision = self.clip.vision_model
         num_frames = pixel_values.shape[1]
         hidden_states = vision.pre_layrnorm(self.vip(pixel_values, vision.embeddings))  # [B, S, D]
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         layers = vision.encoder.layers
         cls_attention = None
         for index, layer in enumerate(layers):
-            layer_forward = functools.partial(
-                vip_encoder_layer_forward,
-                layer,
-                num_global_tokens=self.config.num_global_tokens,
+            hidden_states, attn_weights, cls_attention = layer(
+                hidden_states,
                 num_frames=num_frames,
+                output_attentions=output_attentions,
                 return_cls_attention=return_cls_attention and index == len(layers) - 1,
             )
-            if self.gradient_checkpointing and self.training:
-                hidden_states, cls_attention = self._gradient_checkpointing_func(layer_forward, hidden_states)
-            else:
-                hidden_states, cls_attention = layer_forward(hidden_states)
-        return hidden_states, cls_attention
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions and attn_weights is not None:  # None under SDPA, as for CLIP
+                all_attentions += (attn_weights,)
+        return PIGViPEncoderOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+            cls_attention=cls_attention,
+        )
 
     def _project_tokens(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """CLIP's post-LN + visual projection, token-wise: `[..., D]` -> `[..., projection_dim]` (§2.5)."""
         return self.clip.visual_projection(self.clip.vision_model.post_layernorm(hidden_states))
 
-    def get_video_features(self, pixel_values: torch.Tensor) -> PIGVideoOutput:
+    @can_return_tuple
+    def get_video_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> PIGVideoOutput:
         """Video tower. `pixel_values` `[n_video, T, 3, H, W]` -> `PIGVideoOutput` whose `.pooler_output`
-        `[n_video, projection_dim]` (not normalised) is the vector to store. It depends on the video only."""
+        `[n_video, projection_dim]` (not normalised) is the vector to store. It depends on the video only.
+        The vision tower's `hidden_states` / `attentions` when asked; a tuple with `return_dict=False`."""
         pixel_values = self._check_pixel_values(pixel_values)
+        output_hidden_states, output_attentions = self._output_flags(output_hidden_states, output_attentions)
         if self.config.video_tower == "meanp":
-            return self._meanp_video_features(pixel_values)
+            return self._meanp_video_features(pixel_values, output_hidden_states, output_attentions)
 
-        hidden_states, cls_attention = self.encode_vip(pixel_values, return_cls_attention=self.config.use_pseudo_query)
+        vip = self.encode_vip(
+            pixel_values,
+            return_cls_attention=self.config.use_pseudo_query,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        hidden_states = vip.last_hidden_state
+        tower_outputs = {"last_hidden_state": hidden_states, "hidden_states": vip.hidden_states,
+                         "attentions": vip.attentions}
         if not self.config.use_pseudo_query:  # CLIP-ViP: projected post-LN video CLS
             video_embeds = self._project_tokens(hidden_states[:, 0])  # [B, projection_dim]
-            return PIGVideoOutput(last_hidden_state=hidden_states, pooler_output=video_embeds)
+            return PIGVideoOutput(pooler_output=video_embeds, **tower_outputs)
 
         num_global, num_frames = self.config.num_global_tokens, pixel_values.shape[1]
         tokens_per_frame = 1 + self.config.num_patches_per_frame
         informative = select_informative_tokens(
-            cls_attention, num_global, num_frames, self.config.its_top_k, self.config.its_head_reduction
+            vip.cls_attention, num_global, num_frames, self.config.its_top_k, self.config.its_head_reduction
         )  # [B, k]
         frame_cls_positions = num_global + tokens_per_frame * torch.arange(num_frames, device=hidden_states.device)
         informative_states = hidden_states.gather(
@@ -650,45 +859,65 @@ class PIGModel(PIGPreTrainedModel):
         pseudo_query = self.generator(video_tokens)  # [B, projection_dim]
         video_embeds = self.interaction(pseudo_query, video_tokens[:, : num_global + num_frames])  # [B, proj]
         return PIGVideoOutput(
-            last_hidden_state=hidden_states,
             pooler_output=video_embeds,
             pseudo_query_embeds=pseudo_query,
             informative_token_indices=informative,
+            **tower_outputs,
         )
 
-    def _meanp_video_features(self, pixel_values: torch.Tensor) -> PIGVideoOutput:
+    def _meanp_video_features(self, pixel_values, output_hidden_states, output_attentions) -> PIGVideoOutput:
         """CLIP4Clip meanP: plain CLIP per frame; mean of the L2-normalised projected frame embeddings."""
         batch, num_frames = pixel_values.shape[:2]
-        frames_out = self.clip.vision_model(pixel_values=pixel_values.flatten(0, 1))  # B*T images
+        frames_out = self.clip.vision_model(
+            pixel_values=pixel_values.flatten(0, 1),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )  # B*T images
         frame_embeds = self.clip.visual_projection(frames_out.pooler_output)  # [B*T, proj]
         frame_embeds = F.normalize(frame_embeds, dim=-1).view(batch, num_frames, -1)  # [B, T, proj]
-        hidden = frames_out.last_hidden_state
+
+        def per_video(states):  # [B*T, 1 + P, D] -> [B, T * (1 + P), D]
+            return states.reshape(batch, num_frames * states.shape[1], states.shape[2])
+
+        hidden_states = frames_out.hidden_states
         return PIGVideoOutput(
-            last_hidden_state=hidden.reshape(batch, num_frames * hidden.shape[1], hidden.shape[2]),
+            last_hidden_state=per_video(frames_out.last_hidden_state),
             pooler_output=frame_embeds.mean(dim=1),
+            hidden_states=tuple(per_video(states) for states in hidden_states) if hidden_states else None,
+            attentions=frames_out.attentions or None,
         )
 
     # ----------------------------------------------------------------------------------------------- forward
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         return_loss: bool = False,
+        gather_across_processes: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> PIGOutput:
         """Texts `[n_text, length]` and videos `[n_video, T, 3, H, W]` -> `PIGOutput`.
 
         With `return_loss=True` (needs `n_text == n_video`, caption i belongs to video i) the loss is
-        `InfoNCE + generation_loss_weight * L_recon` over the global batch (features all-gathered with gradients
-        under torch.distributed). Loss math runs in float32, also under autocast.
+        `InfoNCE + generation_loss_weight * L_recon` over this call's batch. With `gather_across_processes=True`
+        as well (a data-parallel trainer, on every process at once) it spans the global batch: the features of
+        every process are all-gathered with gradients first (`gather_features`). Without it no collective runs,
+        so a forward on one rank alone never waits for the others. Loss math runs in float32, also under
+        autocast. As in CLIP, the towers' hidden states / attentions (when asked) are in `text_model_output` /
+        `video_model_output`, and `return_dict=False` gives a tuple.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError(
                 "PIGModel.forward needs both input_ids and pixel_values; use get_text_features / "
                 "get_video_features for one side"
             )
-        text_out = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-        video_out = self.get_video_features(pixel_values=pixel_values)
+        flags = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True)
+        text_out = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **flags)
+        video_out = self.get_video_features(pixel_values=pixel_values, **flags)
         n_text, n_video = text_out.pooler_output.shape[0], video_out.pooler_output.shape[0]
         if return_loss and n_text != n_video:
             raise ValueError(
@@ -702,18 +931,13 @@ class PIGModel(PIGPreTrainedModel):
             pseudo_query_embeds = None
             if video_out.pseudo_query_embeds is not None:
                 pseudo_query_embeds = F.normalize(video_out.pseudo_query_embeds.float(), dim=-1)
-            logit_scale = self.clip.logit_scale.float().clamp(0.0, self.config.logit_scale_max).exp()
+            logit_scale = self.get_logit_scale()
             logits_per_text = logit_scale * text_embeds @ video_embeds.t()  # [n_text, n_video]
 
             loss = contrastive = reconstruction = None
             if return_loss:
-                all_text, all_video, all_pseudo = gather_features(text_embeds, video_embeds, pseudo_query_embeds)
-                contrastive = contrastive_loss(all_text, all_video, logit_scale)
-                loss = contrastive
-                if all_pseudo is not None:
-                    target = all_text.detach() if self.config.detach_generation_target else all_text
-                    reconstruction = generation_loss(all_pseudo, target)
-                    loss = contrastive + self.config.generation_loss_weight * reconstruction
+                loss, contrastive, reconstruction = self.loss_from_embeddings(
+                    text_embeds, video_embeds, pseudo_query_embeds, logit_scale, gather_across_processes)
 
         return PIGOutput(
             loss=loss,
@@ -724,6 +948,8 @@ class PIGModel(PIGPreTrainedModel):
             text_embeds=text_embeds,
             video_embeds=video_embeds,
             pseudo_query_embeds=pseudo_query_embeds,
+            text_model_output=text_out,
+            video_model_output=video_out,
         )
 
 
@@ -735,9 +961,11 @@ __all__ = [
     "PIGOutput",
     "PIGPreTrainedModel",
     "PIGVideoOutput",
+    "PIGViPEncoderOutput",
     "contrastive_loss",
     "gather_features",
     "generation_loss",
     "select_informative_tokens",
-    "vip_encoder_layer_forward",
+    "PIGViPEncoderLayer",
+    "vip_attention_mask",
 ]

@@ -28,14 +28,22 @@ from PIL import Image
 from transformers import AutoProcessor, BatchFeature, CLIPTokenizer, ProcessorMixin
 
 from .configuration_pig import PIGConfig
-from .video_io import read_video_frames
+from .video_io import read_video_frames, sample_frame_indices
 
-__all__ = ["PIGProcessor", "RESIZE_MODES"]
+__all__ = ["PIGProcessor", "PIGVideoProcessor", "RESIZE_MODES"]
 
 RESIZE_MODES = ("squash", "center_crop")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_TEXT_POSITIONS = 77  # CLIP's text tower has 77 position embeddings
+# What transformers records in a loaded tokenizer's init_kwargs about how it was loaded (machine-local; never saved).
+LOADING_ONLY_TOKENIZER_KWARGS = ("is_local", "local_files_only")
+# The tokenizer's keyword arguments that PIGProcessor.__call__ passes through (as transformers' processors do).
+TOKENIZER_CALL_KWARGS = frozenset({
+    "padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side", "return_attention_mask",
+    "return_token_type_ids", "return_length", "return_special_tokens_mask", "return_offsets_mapping",
+    "return_overflowing_tokens", "stride", "add_special_tokens", "verbose",
+})
 # Where the shipped vocabulary lives (a path, not an import: this file is also copied alone as remote code).
 _SHIPPED_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer_files"
 
@@ -50,117 +58,53 @@ def load_shipped_clip_tokenizer():
     return CLIPTokenizer.from_pretrained(_SHIPPED_TOKENIZER_DIR, model_max_length=CLIP_TEXT_POSITIONS)
 
 
-class PIGProcessor(ProcessorMixin):
-    r"""Turns captions and videos (or images) into the inputs of :class:`~modeling_pig.PIGModel`.
+class PIGVideoProcessor:
+    r"""Videos (files, or decoded frames) and images -> ``pixel_values``: frame sampling, resize, CLIP normalisation.
+
+    It is to :class:`PIGProcessor` what ``image_processor`` is to ``CLIPProcessor``; reach it as
+    ``processor.video_processor`` (also ``processor.image_processor``). Its settings are saved with the processor.
 
     Args:
-        tokenizer: a CLIP tokenizer; ``None`` builds the real one from the vocabulary shipped with the package.
         num_frames: frames sampled from each video (the authors use 12).
         image_size: side ``S`` of the square frames (224 for CLIP ViT-B).
-        max_length: text length in tokens, special tokens included; every caption is padded (with
-            ``<|endoftext|>``) or truncated to it (the authors use 50).
         resize_mode: ``"squash"`` (the authors' resize of the whole frame to ``S x S``) or ``"center_crop"``
             (standard CLIP: short side to ``S``, centre crop); see the module docstring.
-
-    ``num_frames``, ``image_size``, ``max_length`` and ``resize_mode`` are saved by :meth:`save_pretrained` in
-    ``processor_config.json`` (the tokenizer files next to it), and restored by :meth:`from_pretrained` and
-    ``AutoProcessor.from_pretrained``.
-
-    Example::
-
-        processor = PIGProcessor()
-        inputs = processor(text=["a man plays a guitar"], videos=["a.mp4", "b.mp4"], return_tensors="pt")
-        inputs["input_ids"].shape      # [1, 50]
-        inputs["pixel_values"].shape   # [2, 12, 3, 224, 224]
     """
 
-    tokenizer_class = "AutoTokenizer"
+    model_input_names = ["pixel_values"]
 
-    def __init__(self, tokenizer=None, num_frames: int = 12, image_size: int = 224, max_length: int = 50,
-                 resize_mode: str = "squash", **kwargs):
-        if tokenizer is None:
-            tokenizer = load_shipped_clip_tokenizer()
+    def __init__(self, num_frames: int = 12, image_size: int = 224, resize_mode: str = "squash"):
         _check_positive_int("num_frames", num_frames)
         _check_positive_int("image_size", image_size)
-        _check_positive_int("max_length", max_length)
-        if max_length < 2:
-            raise ValueError(f"max_length must leave room for the start and end tokens (>= 2), got {max_length}")
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         self.num_frames = int(num_frames)
         self.image_size = int(image_size)
-        self.max_length = int(max_length)
         self.resize_mode = resize_mode
-        super().__init__(tokenizer, **kwargs)
 
-    @property
-    def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values"]
+    def to_dict(self) -> dict:
+        return {"num_frames": self.num_frames, "image_size": self.image_size, "resize_mode": self.resize_mode}
 
-    # ----------------------------------------------------------------------------------------------------------
-    # the call
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_dict()})"
 
-    def __call__(self, text=None, videos=None, images=None, return_tensors: str = "pt", mode: str = "test",
-                 generator: torch.Generator | None = None, starts=None, ends=None, **kwargs) -> BatchFeature:
-        """Tokenise captions and turn videos (or images) into frames.
+    def __call__(self, videos=None, images=None, return_tensors: str | None = "pt", **sampling) -> BatchFeature:
+        """``videos`` (see :meth:`process_videos`, whose keyword arguments ``sampling`` are) or ``images`` -> a
+        ``BatchFeature`` with ``pixel_values`` ``[n, T, 3, S, S]`` (torch for ``"pt"``, numpy otherwise)."""
+        if (videos is None) == (images is None):
+            raise ValueError("give videos or images (one of them)")
+        pixels = self.process_videos(videos, **sampling) if videos is not None else self.process_images(images)
+        return BatchFeature({"pixel_values": pixels if return_tensors == "pt" else pixels.numpy()})
 
-        Args:
-            text: a caption or a list of captions. Empty or whitespace-only captions raise ``ValueError``.
-            videos: a video (path, or ``uint8`` frames ``[T, H, W, 3]``) or a list of them. Paths are decoded and
-                sampled to ``num_frames`` frames (``mode``, ``generator``, ``starts``/``ends`` apply); frame
-                arrays are used as given (all their frames), so a batch of arrays must share ``T``.
-            images: an image (path or ``PIL.Image``) or a list of them; each becomes a 1-frame video
-                (stage-1 pre-training). Not together with ``videos``.
-            return_tensors: ``"pt"`` (torch) or ``"np"`` (numpy).
-            mode: frame sampling for video paths, ``"test"`` (evenly spaced) or ``"train"`` (jittered ends).
-            generator: random source for ``mode="train"``.
-            starts, ends: optional per-video clip bounds in seconds (lists aligned with ``videos``, ``None``
-                entries meaning the whole video).
+    def process_videos(self, videos, num_frames: int | None = None, mode: str = "test",
+                       generator: torch.Generator | None = None, starts=None, ends=None) -> torch.Tensor:
+        """Videos (paths, or decoded ``uint8 [T, H, W, 3]`` frames as numpy or torch) -> ``float32 [n, T', 3, S, S]``.
 
-        Returns:
-            ``BatchFeature`` with ``input_ids`` and ``attention_mask`` ``[n_text, max_length]`` when ``text`` is
-            given, and ``pixel_values`` ``float32 [n_video, T, 3, S, S]`` when ``videos`` or ``images`` are.
-
-        Raises:
-            ValueError: bad arguments or an empty caption. VideoDecodeError: a video that cannot be decoded.
+        Files and decoded frames are sampled alike, to ``num_frames`` frames (this call's, else the processor's) by
+        :func:`~modeling_pig.video_io.sample_frame_indices` with ``mode`` and ``generator``: 30 decoded frames and
+        the file they came from give the same pixels. ``starts``/``ends`` (lists aligned with ``videos``, seconds or
+        ``None``) cut clips from files.
         """
-        if kwargs:
-            raise TypeError(f"PIGProcessor got unexpected keyword arguments: {sorted(kwargs)}")
-        if return_tensors not in ("pt", "np"):
-            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
-        if text is None and videos is None and images is None:
-            raise ValueError("give at least one of text, videos or images")
-        if videos is not None and images is not None:
-            raise ValueError("give videos or images, not both: they make pixel_values of different frame counts")
-        data = {}
-        if text is not None:
-            data.update(self.tokenize(text))
-        if videos is not None:
-            data["pixel_values"] = self.process_videos(videos, mode=mode, generator=generator, starts=starts, ends=ends)
-        if images is not None:
-            data["pixel_values"] = self.process_images(images)
-        if return_tensors == "np":
-            data = {key: value.numpy() for key, value in data.items()}
-        return BatchFeature(data=data, tensor_type=return_tensors)
-
-    def tokenize(self, text) -> dict[str, torch.Tensor]:
-        """Captions -> ``input_ids`` and ``attention_mask``, ``int64 [n_text, max_length]``, padded to max_length."""
-        texts = [text] if isinstance(text, str) else text
-        if not isinstance(texts, (list, tuple)) or not texts:
-            raise ValueError(f"text must be a string or a non-empty list of strings, got {type(text).__name__}")
-        for i, caption in enumerate(texts):
-            if not isinstance(caption, str):
-                raise ValueError(f"text[{i}] must be a string, got {type(caption).__name__}")
-            if not caption.strip():
-                raise ValueError(f"text[{i}] is empty or whitespace only: {caption!r}")
-        encoded = self.tokenizer(
-            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-
-    def process_videos(self, videos, mode: str = "test", generator: torch.Generator | None = None,
-                       starts=None, ends=None) -> torch.Tensor:
-        """Videos (paths or ``uint8 [T, H, W, 3]`` frame arrays) -> ``float32 [n_video, T, 3, S, S]``."""
         if isinstance(videos, (str, os.PathLike)) or (hasattr(videos, "ndim") and videos.ndim == 4):
             videos = [videos]
         if not isinstance(videos, (list, tuple)) or not videos:
@@ -170,14 +114,13 @@ class PIGProcessor(ProcessorMixin):
         clips = []
         for i, video in enumerate(videos):
             if isinstance(video, (str, os.PathLike)):
-                clips.append(self.load_video(video, mode=mode, generator=generator, start=starts[i], end=ends[i]))
+                clips.append(self.load_video(video, mode=mode, generator=generator, start=starts[i], end=ends[i],
+                                             num_frames=num_frames))
             else:
                 if starts[i] is not None or ends[i] is not None:
                     raise ValueError(f"videos[{i}] is a frame array: starts/ends apply to video files only")
-                clips.append(self.preprocess_frames(video))
-        lengths = {clip.shape[0] for clip in clips}
-        if len(lengths) > 1:
-            raise ValueError(f"the videos of one batch must have the same number of frames, got {sorted(lengths)}")
+                frames = self.sample_frames(video, num_frames=num_frames, mode=mode, generator=generator)
+                clips.append(self.preprocess_frames(frames))
         return torch.stack(clips)  # [n_video, T, 3, S, S]
 
     def process_images(self, images) -> torch.Tensor:
@@ -188,16 +131,21 @@ class PIGProcessor(ProcessorMixin):
             raise ValueError("images must be a path, a PIL image, or a non-empty list of them")
         return torch.stack([self.load_image(image) for image in images])  # [n_image, 1, 3, S, S]
 
-    # ----------------------------------------------------------------------------------------------------------
-    # the pieces a trainer or an indexer uses without re-decoding
+    def sample_frames(self, frames, num_frames: int | None = None, mode: str = "test",
+                      generator: torch.Generator | None = None) -> np.ndarray:
+        """All decoded frames of a video ``uint8 [T, H, W, 3]`` -> the ``num_frames`` a file would give."""
+        frames = _as_uint8_frames(frames)
+        num_frames = self.num_frames if num_frames is None else num_frames
+        return frames[sample_frame_indices(frames.shape[0], num_frames, mode=mode, generator=generator)]
 
     def load_video(self, path, mode: str = "test", generator: torch.Generator | None = None,
-                   start: float | None = None, end: float | None = None) -> torch.Tensor:
-        """Decode ``num_frames`` frames of one video file and preprocess them: ``float32 [T, 3, S, S]``.
+                   start: float | None = None, end: float | None = None, num_frames: int | None = None) -> torch.Tensor:
+        """Decode ``num_frames`` (default: the processor's) frames of one video file: ``float32 [T, 3, S, S]``.
 
         Sampling as in :func:`modeling_pig.video_io.read_video_frames`; raises its ``VideoDecodeError``.
         """
-        frames = read_video_frames(path, num_frames=self.num_frames, mode=mode, start=start, end=end, generator=generator)
+        num_frames = self.num_frames if num_frames is None else num_frames
+        frames = read_video_frames(path, num_frames=num_frames, mode=mode, start=start, end=end, generator=generator)
         return self.preprocess_frames(frames)
 
     def load_image(self, image) -> torch.Tensor:
@@ -214,7 +162,9 @@ class PIGProcessor(ProcessorMixin):
         return self.preprocess_frames(np.asarray(image)[None])
 
     def preprocess_frames(self, frames) -> torch.Tensor:
-        """Decoded RGB frames ``uint8 [T, H, W, 3]`` (numpy or torch) -> ``float32 [T, 3, S, S]``, CLIP-normalised."""
+        """Decoded RGB frames ``uint8 [T, H, W, 3]`` (numpy or torch) -> ``float32 [T, 3, S, S]``, CLIP-normalised.
+
+        Every given frame is kept (no sampling: see :meth:`sample_frames`)."""
         frames = _as_uint8_frames(frames)
         if self.resize_mode == "squash":
             pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)  # [T, 3, H, W] in [0, 1]
@@ -239,6 +189,165 @@ class PIGProcessor(ProcessorMixin):
         resized = np.asarray(Image.fromarray(frame).resize((new_width, new_height), Image.BICUBIC))
         top, left = (new_height - size) // 2, (new_width - size) // 2
         return resized[top : top + size, left : left + size]
+
+
+class PIGProcessor(ProcessorMixin):
+    r"""Turns captions and videos (or images) into the inputs of :class:`~modeling_pig.PIGModel`.
+
+    Args:
+        tokenizer: a CLIP tokenizer; ``None`` builds the real one from the vocabulary shipped with the package.
+        num_frames, image_size, resize_mode: the settings of :class:`PIGVideoProcessor`
+            (``processor.video_processor``, also ``processor.image_processor``; ``processor.num_frames`` etc. read
+            and write them).
+        max_length: text length in tokens, special tokens included; by default every caption is padded (with
+            ``<|endoftext|>``) or truncated to it (the authors use 50).
+
+    ``num_frames``, ``image_size``, ``max_length`` and ``resize_mode`` are saved by :meth:`save_pretrained` in
+    ``processor_config.json`` (the tokenizer files next to it), and restored by :meth:`from_pretrained` and
+    ``AutoProcessor.from_pretrained``.
+
+    Example::
+
+        processor = PIGProcessor()
+        inputs = processor(text=["a man plays a guitar"], videos=["a.mp4", "b.mp4"], return_tensors="pt")
+        inputs["input_ids"].shape      # [1, 50]
+        inputs["pixel_values"].shape   # [2, 12, 3, 224, 224]
+        processor(text=["a cat", "a dog on a skateboard"], padding=True)["input_ids"].shape  # [2, 8]: longest
+        processor(videos="a.mp4", num_frames=8)["pixel_values"].shape                       # [1, 8, 3, 224, 224]
+    """
+
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, tokenizer=None, num_frames: int = 12, image_size: int = 224, max_length: int = 50,
+                 resize_mode: str = "squash", **kwargs):
+        if tokenizer is None:
+            tokenizer = load_shipped_clip_tokenizer()
+        for key in LOADING_ONLY_TOKENIZER_KWARGS:  # how this machine loaded it: not a setting to save
+            tokenizer.init_kwargs.pop(key, None)
+        _check_positive_int("max_length", max_length)
+        if max_length < 2:
+            raise ValueError(f"max_length must leave room for the start and end tokens (>= 2), got {max_length}")
+        self.video_processor = PIGVideoProcessor(num_frames=num_frames, image_size=image_size, resize_mode=resize_mode)
+        self.max_length = int(max_length)
+        super().__init__(tokenizer, **kwargs)
+
+    # The frame settings live on the video processor; these read and write them there.
+    num_frames = property(lambda self: self.video_processor.num_frames,
+                          lambda self, value: setattr(self.video_processor, "num_frames", value))
+    image_size = property(lambda self: self.video_processor.image_size,
+                          lambda self, value: setattr(self.video_processor, "image_size", value))
+    resize_mode = property(lambda self: self.video_processor.resize_mode,
+                           lambda self, value: setattr(self.video_processor, "resize_mode", value))
+
+    @property
+    def image_processor(self) -> PIGVideoProcessor:
+        """The video processor, under the name ``CLIPProcessor`` / ``XCLIPProcessor`` users reach for."""
+        return self.video_processor
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+    def to_dict(self) -> dict:
+        """``ProcessorMixin``'s dict plus the video processor's settings (what ``processor_config.json`` holds)."""
+        return {**super().to_dict(), **self.video_processor.to_dict()}
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the call
+
+    def __call__(self, text=None, videos=None, images=None, return_tensors: str | None = "pt", mode: str = "test",
+                 generator: torch.Generator | None = None, starts=None, ends=None, num_frames: int | None = None,
+                 **text_kwargs) -> BatchFeature:
+        """Tokenise captions and turn videos (or images) into frames.
+
+        Args:
+            text: a caption or a list of captions. Empty or whitespace-only captions raise ``ValueError``.
+            videos: a video (path, or decoded ``uint8`` frames ``[T, H, W, 3]``, numpy or torch) or a list of them,
+                each sampled to ``num_frames`` frames (files and frame arrays alike; ``mode``, ``generator``,
+                ``starts``/``ends`` apply).
+            images: an image (path or ``PIL.Image``) or a list of them; each becomes a 1-frame video
+                (stage-1 pre-training). Not together with ``videos``.
+            return_tensors: ``"pt"`` (torch), ``"np"`` (numpy) or ``None`` (the tokenizer's lists, numpy frames).
+            mode: frame sampling, ``"test"`` (evenly spaced) or ``"train"`` (jittered ends).
+            generator: random source for ``mode="train"``.
+            starts, ends: optional per-video clip bounds in seconds (lists aligned with ``videos``, ``None``
+                entries meaning the whole video); video files only.
+            num_frames: frames per video for this call (default: the processor's ``num_frames``).
+            **text_kwargs: the tokenizer's keyword arguments (``padding``, ``truncation``, ``max_length``, ...);
+                the default is ``padding="max_length", truncation=True, max_length=self.max_length``.
+
+        Returns:
+            ``BatchFeature`` with ``input_ids`` and ``attention_mask`` ``[n_text, length]`` when ``text`` is given,
+            and ``pixel_values`` ``float32 [n_video, T, 3, S, S]`` when ``videos`` or ``images`` are.
+
+        Raises:
+            ValueError: bad arguments or an empty caption. TypeError: an unknown keyword argument.
+            VideoDecodeError: a video that cannot be decoded.
+        """
+        unknown = sorted(set(text_kwargs) - TOKENIZER_CALL_KWARGS)
+        if unknown:
+            raise TypeError(f"PIGProcessor got unexpected keyword arguments: {unknown} (tokenizer arguments: "
+                            f"{sorted(TOKENIZER_CALL_KWARGS)}; frame arguments: num_frames, mode, generator, "
+                            "starts, ends)")
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        if text is None and videos is None and images is None:
+            raise ValueError("give at least one of text, videos or images")
+        if videos is not None and images is not None:
+            raise ValueError("give videos or images, not both: they make pixel_values of different frame counts")
+        if num_frames is not None:
+            _check_positive_int("num_frames", num_frames)
+        data = {}
+        if text is not None:
+            data.update(self.tokenize(text, return_tensors=return_tensors, **text_kwargs))
+        if videos is not None:
+            data["pixel_values"] = self.video_processor.process_videos(
+                videos, num_frames=num_frames, mode=mode, generator=generator, starts=starts, ends=ends
+            )
+        if images is not None:
+            data["pixel_values"] = self.video_processor.process_images(images)
+        if return_tensors != "pt" and "pixel_values" in data:
+            data["pixel_values"] = data["pixel_values"].numpy()
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def tokenize(self, text, return_tensors: str | None = "pt", **text_kwargs) -> dict:
+        """Captions -> ``input_ids`` and ``attention_mask`` ``[n_text, length]``; by default padded and truncated to
+        ``max_length`` (``text_kwargs`` are the tokenizer's and override that)."""
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise ValueError(f"text must be a string or a non-empty list of strings, got {type(text).__name__}")
+        for i, caption in enumerate(texts):
+            if not isinstance(caption, str):
+                raise ValueError(f"text[{i}] must be a string, got {type(caption).__name__}")
+            if not caption.strip():
+                raise ValueError(f"text[{i}] is empty or whitespace only: {caption!r}")
+        options = {"padding": "max_length", "truncation": True, "max_length": self.max_length, **text_kwargs}
+        return dict(self.tokenizer(list(texts), return_tensors=return_tensors, **options))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the video processor's pieces, here too for a trainer or an indexer that holds the processor
+
+    def process_videos(self, videos, **sampling) -> torch.Tensor:
+        """See :meth:`PIGVideoProcessor.process_videos`."""
+        return self.video_processor.process_videos(videos, **sampling)
+
+    def process_images(self, images) -> torch.Tensor:
+        """See :meth:`PIGVideoProcessor.process_images`."""
+        return self.video_processor.process_images(images)
+
+    def load_video(self, path, mode: str = "test", generator: torch.Generator | None = None,
+                   start: float | None = None, end: float | None = None, num_frames: int | None = None) -> torch.Tensor:
+        """See :meth:`PIGVideoProcessor.load_video`: ``float32 [T, 3, S, S]``."""
+        return self.video_processor.load_video(path, mode=mode, generator=generator, start=start, end=end,
+                                               num_frames=num_frames)
+
+    def load_image(self, image) -> torch.Tensor:
+        """See :meth:`PIGVideoProcessor.load_image`: ``float32 [1, 3, S, S]``."""
+        return self.video_processor.load_image(image)
+
+    def preprocess_frames(self, frames) -> torch.Tensor:
+        """See :meth:`PIGVideoProcessor.preprocess_frames`: ``float32 [T, 3, S, S]``, every given frame."""
+        return self.video_processor.preprocess_frames(frames)
 
 
 def open_rgb_image(source) -> Image.Image:

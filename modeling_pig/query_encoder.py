@@ -1,20 +1,16 @@
-"""Cheap queries for a cold `pig search`: the index's text tower saved next to the index, and model checks that
-do not re-hash the weights.
+"""Cheap text queries for a cold `pig search`: the index's text tower saved next to the index.
 
-Why: loading a PIG model imports transformers' CLIP modelling code, which pulls in `torch.distributed.tensor`,
-sympy and more. With the tiny demo model that import costs more CPU than `import torch, transformers` itself, and
-hashing the weights (to check that they are the index's) costs up to a second for ViT-B/32. A search that runs as
-its own process pays both on every call. So:
+Why: loading a PIG model means reading its weights and building it with transformers' modelling code; with the
+tiny demo model that costs more CPU than `import torch, transformers` itself, and a search that runs as its own
+process pays it on every call. So:
 
 * `save_text_encoder` writes `text_encoder.pt` into the index folder: the text tower (token ids -> L2-normalised
   embedding) traced with `torch.jit.trace` at the processor's fixed text length, the processor's tokenizer as a
   `tokenizers` JSON with its padding and truncation, and the fingerprint of the weights it was traced from. Before
   writing, the traced tower and the tokenizer are checked against the eager model and processor on real queries
   (equal token ids; embeddings within 1e-4); the batch dimension is used only if a batch gave the same result.
-* `load_text_encoder` reads it back with `torch.jit.load` and `tokenizers` only (no transformers import, no model
+* `load_text_encoder` reads it back with `torch.jit.load` and `tokenizers` only (no transformers model code, no model
   folder), and only when its fingerprint equals the index's: an index rebuilt with other weights ignores it.
-* `checked_fingerprint` verifies a model folder against an index through a cache keyed by the folder's file
-  sizes and modification times (kept in the index folder): the weights are hashed once per change of the files.
 
 TorchScript is deprecated in recent torch; when tracing or loading fails, searches fall back to the model: slower,
 never wrong.
@@ -32,14 +28,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .embedding import atomic_write_text
-
 logger = logging.getLogger(__name__)
 
-__all__ = ["TextEncoder", "save_text_encoder", "load_text_encoder", "checked_fingerprint", "TEXT_ENCODER_FILE"]
+__all__ = ["TextEncoder", "save_text_encoder", "load_text_encoder", "TEXT_ENCODER_FILE"]
 
 TEXT_ENCODER_FILE = "text_encoder.pt"
-FINGERPRINT_CACHE_FILE = "model_fingerprints.json"
 _METADATA_NAME = "pig_text_encoder.json"  # an extra file inside the TorchScript archive
 _FORMAT = 1
 _TOLERANCE = 1e-4
@@ -181,39 +174,3 @@ def load_text_encoder(index_dir: str | os.PathLike, fingerprint: str | None) -> 
         logger.info("ignoring %s: made for other weights than the index's", path)
         return None
     return TextEncoder(module.eval(), Tokenizer.from_str(metadata["tokenizer"]), metadata)
-
-
-# ------------------------------------------------------------------------------------------------------
-# Model checks without re-hashing
-
-
-def _folder_state(folder: Path) -> list:
-    """(name, size, mtime) of every file of a model folder: equal state, equal weights."""
-    return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in folder.iterdir() if p.is_file())
-
-
-def checked_fingerprint(model, model_path: str | None, index_dir: str | os.PathLike) -> str:
-    """The weights fingerprint of `model` (loaded from `model_path`), hashed only when the model folder changed
-    since the last check recorded in `index_dir/model_fingerprints.json` (Hub ids are hashed every time)."""
-    from .embedding import model_fingerprint
-
-    folder = Path(model_path).resolve() if model_path and os.path.isdir(model_path) else None
-    if folder is None:
-        return model_fingerprint(model)
-    cache_path = Path(index_dir) / FINGERPRINT_CACHE_FILE
-    try:
-        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    except (OSError, ValueError):
-        cache = {}
-    state = _folder_state(folder)
-    key = f"{folder}|{next(model.parameters()).dtype}"  # the fingerprint covers the dtype the model was loaded in
-    entry = cache.get(key)
-    if entry is not None and entry.get("files") == state:
-        return entry["fingerprint"]
-    fingerprint = model_fingerprint(model)
-    cache[key] = {"files": state, "fingerprint": fingerprint}
-    try:
-        atomic_write_text(cache_path, json.dumps(cache, indent=1))
-    except OSError as err:
-        logger.info("cannot write %s (%s): the weights will be hashed again next time", cache_path, err)
-    return fingerprint

@@ -85,14 +85,27 @@ class SearchService:
         self._cache: collections.OrderedDict = collections.OrderedDict()  # text -> embedding [D]
         self._cache_lock = threading.Lock()
         self.cache_hits = self.cache_misses = 0
-        paths = [os.path.abspath(p) for p in index.paths]
-        root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
-        self.relative_paths = [os.path.relpath(p, root) for p in paths]  # preview keys, in index order
-        base = os.path.abspath(video_root) if video_root is not None else root
-        self.paths = [os.path.join(base, rel) for rel in self.relative_paths]  # what clients see
-        # preview key -> (file, its real path now); a later change of the real path (a swapped symlink) is refused
-        self._media = {rel: (path, os.path.realpath(path)) for rel, path in zip(self.relative_paths, self.paths)}
+        self.video_root = video_root
+        self._media_lock = threading.Lock()
+        self._media = None  # see _media_table: built at the first preview or remapped path (not for a CLI search)
         index.search_embeddings(torch.zeros(1, index.dim), k=1)  # builds lazy search caches before any thread
+
+    def _media_table(self) -> tuple[list[str], list[str], dict]:
+        """(preview key of each video, the path clients see of each video, key -> (file, real path at start)).
+
+        The keys are the index's paths relative to their common folder; with `video_root` the files are looked
+        up under it. The real paths are recorded once, so that a file later replaced by a symlink (or a folder
+        swapped for one) is refused. Built once, under a lock, on first use.
+        """
+        with self._media_lock:
+            if self._media is None:
+                paths = [os.path.abspath(p) for p in self.index.paths]
+                root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+                keys = [os.path.relpath(p, root) for p in paths]
+                base = os.path.abspath(self.video_root) if self.video_root is not None else root
+                shown = [os.path.join(base, key) for key in keys]
+                self._media = (keys, shown, {key: (path, os.path.realpath(path)) for key, path in zip(keys, shown)})
+            return self._media
 
     # -- embedding queries -----------------------------------------------------------------------------
 
@@ -152,10 +165,16 @@ class SearchService:
 
     # -- searching -------------------------------------------------------------------------------------
 
-    def search_vectors(self, vectors: torch.Tensor, k: int) -> list[list[dict]]:
-        """For each query embedding of `[Q, D]`, `[{"path", "score", "url"}]` of the `k` best videos."""
+    def search_vectors(self, vectors: torch.Tensor, k: int, urls: bool = True) -> list[list[dict]]:
+        """For each query embedding of `[Q, D]`, `[{"path", "score", "url"}]` of the `k` best videos (without
+        `url`, and with the paths as indexed, when `urls` is False: then no path but the results' is read)."""
         scores, indices = self.index.search_embeddings(vectors, k=k)
-        return [[{"path": self.paths[i], "score": round(float(s), 6), "url": self.media_url(int(i))}
+        if not urls:
+            return [[{"path": self.index.path_at(int(i)), "score": round(float(s), 6)}
+                     for s, i in zip(row_scores, row_indices) if i >= 0]
+                    for row_scores, row_indices in zip(scores, indices)]
+        keys, shown, _ = self._media_table()
+        return [[{"path": shown[i], "score": round(float(s), 6), "url": "/media/" + quote(keys[i].replace(os.sep, "/"))}
                  for s, i in zip(row_scores, row_indices) if i >= 0]
                 for row_scores, row_indices in zip(scores, indices)]
 
@@ -177,13 +196,10 @@ class SearchService:
 
     # -- previews --------------------------------------------------------------------------------------
 
-    def media_url(self, position: int) -> str:
-        return "/media/" + quote(self.relative_paths[position].replace(os.sep, "/"))
-
     def media_file(self, key: str) -> str | None:
         """The file behind `/media/<key>` (key already URL-decoded), or None when it is not an indexed video or
         no longer the file that was indexed (missing, not a regular file, or its real path changed)."""
-        entry = self._media.get(key.replace("/", os.sep))
+        entry = self._media_table()[2].get(key.replace("/", os.sep))
         if entry is None:
             return None
         path, real = entry
@@ -209,7 +225,7 @@ def _looks_like_a_path(model_path: str) -> bool:
 
 def load_search_service(index_dir: str | os.PathLike, model_path: str | None = None, device: str = "cpu",
                         video_root: str | os.PathLike | None = None, text_cache: int = DEFAULT_TEXT_CACHE,
-                        need_model: bool = True, dtype: str = "float32") -> SearchService:
+                        need_model: bool = True) -> SearchService:
     """Load an index folder and what its queries need.
 
     Args:
@@ -217,16 +233,17 @@ def load_search_service(index_dir: str | os.PathLike, model_path: str | None = N
         model_path: the model to use instead of the one the index records (it must hold the same weights).
         need_model: False for text queries only: then the index's saved text encoder is used when it has one
             (no model is loaded); True (image/video queries, the server) always loads the model.
-        device, dtype: where and how the model runs.
+        device: where the model runs (in the dtype the index recorded).
         video_root, text_cache: see `SearchService`.
 
     Raises:
         SearchSetupError: one line naming what is wrong (missing index, moved or unloadable model folder, weights
             that did not build the index).
     """
+    from .embedding import model_fingerprint
     from .index import VideoIndex
-    from .loader import load_model_and_processor
-    from .query_encoder import checked_fingerprint, load_text_encoder, save_text_encoder
+    from .loader import load_model_and_processor, model_source_signature
+    from .query_encoder import load_text_encoder, save_text_encoder
 
     folder = Path(index_dir)
     if not folder.is_dir():
@@ -247,18 +264,24 @@ def load_search_service(index_dir: str | os.PathLike, model_path: str | None = N
     if _looks_like_a_path(model_path) and not os.path.isdir(os.path.expanduser(model_path)):
         hint = " (moved or deleted? pass --model with its new place)" if model_path == recorded else ""
         raise SearchSetupError(f"{model_path}: no such model folder ({where}){hint}")
+    model_path = os.path.expanduser(model_path)
+    # the recorded model loads as it was recorded (PIG, or zero-shot meanP from CLIP); another one as it is
+    loader = index.model_loader if model_path == recorded else None
     try:
-        model, processor = load_model_and_processor(os.path.expanduser(model_path), device, dtype)
+        model, processor = load_model_and_processor(model_path, device, index.model_loader.get("dtype"), loader)
     except (OSError, ValueError) as err:  # transformers: not a model folder, unknown Hub id, no network
         raise SearchSetupError(f"{model_path} ({where}): cannot load a model from it "
                                f"({str(err).strip().splitlines()[0]})") from err
-    fingerprint = checked_fingerprint(model, model_path, folder)
-    if index.model_fingerprint is not None and fingerprint != index.model_fingerprint:
-        raise SearchSetupError(
-            f"the model {model_path} (weights {fingerprint[:12]}) did not build the index {index_dir}, which was "
-            f"built with {recorded} (weights {index.model_fingerprint[:12]}): its embeddings would not match. "
-            "Pass the index's model, or rebuild the index with this one.")
-    index.attach_model(model, processor, check=False)  # checked above, without re-hashing the weights
+    # the weights are hashed only when the model's files are not the ones recorded at build time
+    same_files = index.model_source is not None and model_source_signature(model_path) == index.model_source
+    if index.model_fingerprint is not None and not same_files:
+        fingerprint = model_fingerprint(model)
+        if fingerprint != index.model_fingerprint:
+            raise SearchSetupError(
+                f"the model {model_path} (weights {fingerprint[:12]}) did not build the index {index_dir}, which "
+                f"was built with {recorded} (weights {index.model_fingerprint[:12]}): its embeddings would not "
+                "match. Pass the index's model, or rebuild the index with this one.")
+    index.attach_model(model, processor, check=False)  # checked above
     if index.model_fingerprint is not None and load_text_encoder(folder, index.model_fingerprint) is None:
         save_text_encoder(model, processor, folder, index.model_fingerprint)  # next text searches skip the model
     return SearchService(index, model, processor, video_root=video_root, text_cache=text_cache)

@@ -113,21 +113,18 @@ def test_cold_text_search_loads_neither_transformers_models_nor_the_model_folder
     assert json.loads("\n".join(done.stdout.strip().splitlines()[:-1]))[0]["query"] == "a red square"
 
 
-def test_weights_are_hashed_once_per_change_of_the_model_folder(indexed, tmp_path, monkeypatch):
+def test_weights_are_hashed_only_when_the_model_files_are_not_the_recorded_ones(indexed, tmp_path, monkeypatch):
     import modeling_pig.embedding as embedding
-    from modeling_pig.loader import load_model_and_processor
-    from modeling_pig.query_encoder import checked_fingerprint
+    from modeling_pig.search_service import load_search_service
 
-    model_dir = tmp_path / "model"
-    shutil.copytree(indexed / "model", model_dir)
-    model, _ = load_model_and_processor(str(model_dir))
     calls = []
     real = embedding.model_fingerprint
-    monkeypatch.setattr(embedding, "model_fingerprint", lambda m: calls.append(1) or real(m))
-    first = checked_fingerprint(model, str(model_dir), tmp_path)
-    assert checked_fingerprint(model, str(model_dir), tmp_path) == first and len(calls) == 1
-    os.utime(model_dir / "model.safetensors", ns=(1, 1))  # the weights file changed (as far as stat can tell)
-    assert checked_fingerprint(model, str(model_dir), tmp_path) == first and len(calls) == 2
+    monkeypatch.setattr(embedding, "model_fingerprint", lambda model: calls.append(1) or real(model))
+    service = load_search_service(indexed / "index", device="cpu")  # the recorded model, files unchanged
+    assert calls == [] and service.model is not None
+    shutil.copytree(indexed / "model", tmp_path / "copy")  # same weights, other files: checked by hashing
+    load_search_service(indexed / "index", str(tmp_path / "copy"), device="cpu")
+    assert calls == [1]
 
 
 def test_bad_inputs_give_one_error_line_and_exit_status_2(indexed, capsys, tmp_path):

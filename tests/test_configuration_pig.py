@@ -1,18 +1,17 @@
 """PIGConfig: spec defaults, serialisation, and validation errors that name the field."""
 
+import json
 import math
 
 import pytest
-from conftest import tiny_clip_config_dict
+from conftest import tiny_clip_config_dict, tiny_pig_config
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, CLIPConfig
 
 from modeling_pig import PIGConfig
 
 
-def tiny(**overrides):
-    kwargs = dict(clip_config=tiny_clip_config_dict(), num_frames=3, its_top_k=5)
-    kwargs.update(overrides)
-    return PIGConfig(**kwargs)
+tiny = tiny_pig_config
 
 
 def test_defaults_follow_the_method_spec():
@@ -91,22 +90,32 @@ def test_save_and_load_round_trip_through_auto_config(tmp_path):
         (dict(clip_config="openai/clip-vit-base-patch32"), TypeError, "clip_config"),
         # the tiny text width (32) differs from projection_dim (24): the [PIG] variant needs them equal
         (dict(generator_output_projection=False), ValueError, "generator_output_projection"),
+        (dict(use_frame_cls=False), ValueError, "use_frame_cls"),  # the generator reads frame-CLS tokens
+        (dict(use_frame_cls=0), TypeError, "use_frame_cls"),
+        (dict(generator_use_bos="no"), TypeError, "generator_use_bos"),
     ],
 )
 def test_impossible_values_raise_an_error_naming_the_field(overrides, error, field):
-    with pytest.raises(error, match=field):
+    with pytest.raises(StrictDataclassError, match=field) as raised:  # huggingface_hub's `@strict`, as transformers
         tiny(**overrides)
+    assert isinstance(raised.value.__cause__, error)
 
 
 def test_generator_sequence_longer_than_the_text_position_table_is_rejected():
     clip = tiny_clip_config_dict(text_config=dict(max_position_embeddings=12))
     # [bos, 4 globals, 3 frame-CLS, 5 ITS, eos] = 14 > 12
-    with pytest.raises(ValueError, match="max_position_embeddings"):
+    with pytest.raises(StrictDataclassError, match="max_position_embeddings"):
         tiny(clip_config=clip)
     assert tiny(clip_config=clip, its_top_k=3).generator_sequence_length() == 12
 
 
+def test_the_generator_sequence_without_bos_is_one_token_shorter():
+    assert tiny().generator_sequence_length() == 14 and tiny(generator_use_bos=False).generator_sequence_length() == 13
+    assert PIGConfig(generator_use_bos=False).generator_sequence_length() == 33  # F-Pig B/32: 32 tokens + eos
+
+
 def test_baselines_are_valid_configurations():
+    assert not tiny(use_pseudo_query=False, use_frame_cls=False).use_frame_cls  # original CLIP-ViP layout
     assert tiny(use_pseudo_query=False).video_tower == "vip"  # CLIP-ViP
     meanp = tiny(use_pseudo_query=False, video_tower="meanp")  # CLIP4Clip meanP
     assert meanp.video_tower == "meanp"
@@ -117,5 +126,21 @@ def test_baselines_are_valid_configurations():
 def test_check_catches_a_config_edited_after_construction():
     config = tiny()
     config.its_top_k = 1000
-    with pytest.raises(ValueError, match="its_top_k"):
+    with pytest.raises(StrictDataclassError, match="its_top_k"):
         config.check()
+
+
+def test_a_bad_value_assigned_later_is_rejected_at_once():
+    config = tiny()
+    with pytest.raises(StrictDataclassError, match="num_frames") as raised:
+        config.num_frames = 0
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert config.num_frames == 3
+
+
+def test_a_bad_value_in_config_json_is_rejected_on_load(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "interaction_dropout": 1.5}))
+    with pytest.raises(StrictDataclassError, match="interaction_dropout"):
+        AutoConfig.from_pretrained(tmp_path)

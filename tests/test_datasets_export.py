@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from datasets_scripts import export, load_benchmark
+from model_cards import hub
 
 from conftest import FIXTURES
 
@@ -39,6 +40,19 @@ def test_export_round_trips_through_load_dataset(tmp_path, videos):
         assert loaded.to_list() == expected.to_list()
         assert loaded.features == expected.features
     assert [c["config_name"] for c in front_matter(out / "README.md")["configs"]] == ["full"]
+
+
+def test_the_dataset_card_says_retrieval_not_video_generation(tmp_path, videos):
+    out = tmp_path / "out"
+    out.mkdir()
+    # a card written by an older export: its text-to-video category goes, its other metadata stays
+    (out / "README.md").write_text("---\ntask_categories: [text-to-video, feature-extraction]\ntags: [mine]\n"
+                                   "---\n\nold body\n")
+    export.export_benchmark("msrvtt", MSRVTT, out, config="9k", splits=["test"], video_dir=videos,
+                            cache_dir=tmp_path / "cache")
+    metadata = front_matter(out / "README.md")
+    assert metadata["task_categories"] == ["feature-extraction", "text-retrieval"]
+    assert metadata["tags"][0] == "mine" and "text-to-video-retrieval" in metadata["tags"]
 
 
 def test_exporting_another_config_keeps_the_first(tmp_path, videos):
@@ -77,7 +91,7 @@ def test_push_to_hub_creates_the_dataset_repo_and_uploads_the_folder(tmp_path, v
             calls.append(("files", uploaded))
             return type("CommitInfo", (), {"commit_url": "https://hub.example/commit/1"})()
 
-    monkeypatch.setattr(export, "HfApi", FakeHfApi)
+    monkeypatch.setattr(hub, "HfApi", FakeHfApi)
     out = tmp_path / "out"
     export.main(["msrvtt", "--data_dir", str(MSRVTT), "--video_dir", str(videos), "--config", "9k",
                  "--splits", "test", "--out", str(out), "--cache_dir", str(tmp_path / "cache"),

@@ -23,6 +23,12 @@ def decode(path):
         return np.stack(frames), stream.codec_context.name, stream.codec_context.pix_fmt
 
 
+def decode_planes(path):
+    """All frames as the decoder outputs them (yuv420p planes, no pixel-format conversion): uint8 [T, H*3/2, W]."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray() for f in container.decode(video=0)])
+
+
 def annotations(root, split):
     with open(Path(root) / "annotations" / f"{split}.jsonl") as handle:
         return [json.loads(line) for line in handle]
@@ -47,10 +53,55 @@ def test_same_seed_gives_identical_captions_and_decoded_pixels(tiny_benchmark, t
     again = generate_synthetic(tmp_path / "again", seed=0, **TINY)
     for split in ("train", "test", "images"):
         assert annotations(again, split) == annotations(tiny_benchmark, split)
+    videos = sorted(p.relative_to(tiny_benchmark) for p in tiny_benchmark.glob("videos/*/*.mp4"))
+    assert len(videos) == 14
+    for name in videos:  # identical files, hence identical pixels for every decoder
+        assert (again / name).read_bytes() == (tiny_benchmark / name).read_bytes(), name
     for name in ("videos/test/synthetic-test-00000.mp4", "videos/train/synthetic-train-00005.mp4"):
+        assert np.array_equal(decode_planes(again / name), decode_planes(tiny_benchmark / name))
         assert decode(again / name)[0].tobytes() == decode(tiny_benchmark / name)[0].tobytes()
     image = "images/synthetic-image-00000.png"
     assert np.array_equal(np.asarray(Image.open(again / image)), np.asarray(Image.open(tiny_benchmark / image)))
+
+
+def test_rgb_to_yuv420p_is_bt601_limited_range_with_2x2_chroma():
+    frame = np.zeros((2, 4, 3), np.uint8)
+    frame[:, :2] = (255, 0, 0)            # left 2x2 block red
+    frame[:, 2:] = (255, 255, 255)        # right block white
+    frame[1, 3] = (0, 0, 0)               # ... but one black pixel
+    planes = synthetic.rgb_to_yuv420p(frame)
+    assert planes.shape == (3, 4) and planes.dtype == np.uint8
+    # Y = ((66 R + 129 G + 25 B + 128) >> 8) + 16: red 82, white 235, black 16
+    assert planes[:2].tolist() == [[82, 82, 235, 235], [82, 82, 235, 16]]
+    # U, V of the 2x2 sums: red (R=1020) -> U = (-38*1020 + 512) >> 10 = -38 -> 90, V = 112 -> 240;
+    # white with one black pixel (765 each): U = V = (0 + 512) >> 10 = 0 -> 128
+    assert planes[2].tolist() == [90, 128, 240, 128]  # U plane (1 x 2), then V plane (1 x 2)
+
+
+def test_encoder_gets_yuv420p_frames_and_one_thread_whatever_ran_before(tmp_path):
+    frames = np.stack([synthetic.render_frame([("purple", "circle", 0.3 + 0.05 * t, 0.5, 1.0)], 32)
+                       for t in range(6)])
+    synthetic.write_mp4(tmp_path / "a.mp4", frames, 4)
+    # other encodes in between: swscale RGB -> YUV with automatic slice threads, multi-threaded x264 and mpeg4
+    for codec in ("libx264", "mpeg4"):
+        with av.open(str(tmp_path / f"other-{codec}.mkv"), "w") as container:
+            stream = container.add_stream(codec, rate=4)
+            stream.width = stream.height = 64
+            stream.pix_fmt = "yuv420p"
+            for t in range(6):
+                image = np.random.default_rng(t).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode(None))
+    synthetic.write_mp4(tmp_path / "b.mp4", frames, 4)
+    data = (tmp_path / "a.mp4").read_bytes()
+    assert (tmp_path / "b.mp4").read_bytes() == data
+    assert b"threads=1 lookahead_threads=1 sliced_threads=0" in data  # x264's SEI: the options it really used
+    with av.open(str(tmp_path / "a.mp4")) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.colorspace, context.color_range) == (6, 1)  # tagged BT.601 (SMPTE 170M), limited range
+        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    assert np.abs(rgb[16, 10].astype(int) - synthetic.COLOURS["purple"]).max() <= 3  # shape centre keeps its colour
+    assert np.abs(rgb[2, 2].astype(int) - synthetic.BACKGROUND).max() <= 3
 
 
 def test_different_seed_gives_different_captions_and_pixels(tiny_benchmark, tmp_path):

@@ -1,22 +1,23 @@
-"""training/evaluate.py: two-tower benchmark evaluation, skipped videos, embedding cache, results files."""
+"""training/eval_retrieval.py: two-tower benchmark evaluation, skipped videos, embedding cache, results files."""
 
 import json
 
 import datasets
+import numpy as np
 import pytest
 import torch
-from test_cli import tiny_pig
-from test_retrieval import FakeModel, FakeProcessor
+from helpers import FakeModel, FakeProcessor, tiny_pig
 
-from modeling_pig.embedding import encode_texts, encode_videos
+from modeling_pig.encoding import encode_videos
 from modeling_pig.metrics import compute_retrieval_metrics
-from training.evaluate import (
+from modeling_pig.video_io import read_video_frames
+from training.eval_retrieval import (
     evaluate_retrieval,
     evaluate_retrieval_detailed,
     main,
-    results_table,
     update_results_file,
 )
+from training.eval_retrieval import results_file_table as results_table
 
 
 @pytest.fixture
@@ -41,19 +42,35 @@ def fake():
     return FakeModel(), FakeProcessor()
 
 
+def similarity_by_hand(model, processor, rows, texts):
+    """Cosine similarities [texts, rows] computed straight from the model and the processor (frames read with
+    video_io), without training.evaluate's or modeling_pig.retrieval's embedding helpers."""
+    videos = []
+    for row in rows:
+        frames = read_video_frames(row["video"], num_frames=processor.num_frames, start=row["start"], end=row["end"])
+        pixel_values = processor(videos=[frames])["pixel_values"]
+        videos.append(model.get_video_features(pixel_values=pixel_values).pooler_output[0])
+    encoded = processor(text=texts)
+    text_embeds = model.get_text_features(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+    text_embeds = torch.nn.functional.normalize(text_embeds.pooler_output.float(), dim=-1)
+    video_embeds = torch.nn.functional.normalize(torch.stack(videos).float(), dim=-1)
+    return (text_embeds @ video_embeds.T).detach().numpy()
+
+
+KEPT_TEXTS = ["a man smiles", "a man talks in a car", "someone drives", "bicycles on a street"]
+
+
 def test_metrics_equal_separate_embeddings_scored_by_hand(fake, benchmark_rows):
     model, processor = fake
     result = evaluate_retrieval_detailed(model, processor, benchmark_rows, batch_size=2, show_progress=False)
     # the same computation by hand, without the broken video and its captions
-    kept = benchmark_rows.select([0, 1, 3])
-    videos = encode_videos(model, processor, kept["video"], batch_size=3, starts=kept["start"], ends=kept["end"],
-                           show_progress=False)
-    assert videos.positions == [0, 1, 2] and not videos.failed
-    texts = ["a man smiles", "a man talks in a car", "someone drives", "bicycles on a street"]
-    sim = (encode_texts(model, processor, texts, show_progress=False) @ videos.embeddings.T).numpy()
+    sim = similarity_by_hand(model, processor, benchmark_rows.select([0, 1, 3]), KEPT_TEXTS)
     expected = compute_retrieval_metrics(sim, [0, 1, 1, 2])
     for key, value in expected.items():
         assert result.metrics[key] == pytest.approx(value)
+    # and one value from the similarities alone: text->video R@1 is the share of texts whose own video scores best
+    best = sim.argmax(axis=1)
+    assert result.metrics["t2v_R@1"] == pytest.approx(100.0 * np.mean(best == np.array([0, 1, 1, 2])))
     assert result.metrics["num_texts"] == 4 and result.metrics["num_videos"] == 3
     assert result.protocol == "multi-caption"
 
@@ -112,7 +129,14 @@ def test_cache_is_reused_and_keeps_partial_progress(fake, benchmark_rows, tmp_pa
 def test_dsl_metrics_are_reported_separately(fake, benchmark_rows):
     model, processor = fake
     metrics = evaluate_retrieval(model, processor, benchmark_rows, dsl=True, show_progress=False)
-    assert "t2v_R@1" in metrics and "dsl_t2v_R@1" in metrics and "dsl_v2t_MnR" in metrics
+    sim = similarity_by_hand(model, processor, benchmark_rows.select([0, 1, 3]), KEPT_TEXTS)
+    plain = compute_retrieval_metrics(sim, [0, 1, 1, 2])
+    dsl = compute_retrieval_metrics(sim, [0, 1, 1, 2], dsl=True)
+    directions = {k for k in plain if k.startswith(("t2v_", "v2t_"))}
+    assert {k for k in dsl if k.startswith("dsl_")} == {f"dsl_{k}" for k in directions}
+    for key, value in dsl.items():  # the plain metrics unchanged, the DSL ones from the same similarities
+        assert metrics[key] == pytest.approx(value), key
+    assert metrics["dsl_t2v_MnR"] != metrics["t2v_MnR"]  # here DSL does change the ranking: the check can tell
 
 
 def test_rows_without_captions_are_an_error(fake, benchmark_rows):

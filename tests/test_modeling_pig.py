@@ -1,13 +1,15 @@
 """PIGModel behaviour on tiny random CLIP configs: shapes, attention pattern, ITS, losses, baselines, init.
 
-The helpers at the top (`tiny_pig_config`, `build_model`, `random_inputs`) are shared by the other
-`test_modeling_pig_*.py` files.
+The model helpers (`build_model`, `random_inputs`, `vip_input_states`) live in tests/helpers.py; the config is
+conftest's `tiny_pig_config`.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_clip_config_dict
+from conftest import IMAGE_SIZE, NUM_FRAMES, TOP_K, tiny_clip_config_dict, tiny_pig_config
+from helpers import build_model, one_torch_thread, random_inputs, vip_input_states  # noqa: F401
+from huggingface_hub.errors import StrictDataclassError
 from transformers import CLIPConfig, CLIPModel
 
 from modeling_pig import PIGConfig, PIGModel
@@ -16,38 +18,8 @@ from modeling_pig.modeling_pig import (
     gather_features,
     generation_loss,
     select_informative_tokens,
-    vip_encoder_layer_forward,
+    PIGViPEncoderLayer,
 )
-
-NUM_FRAMES = 3  # tiny config: 32 px / patch 8 -> P = 16 patches, L = 17 tokens per frame, M = 4 globals
-TOP_K = 5
-IMAGE_SIZE = 32
-
-
-def tiny_pig_config(**overrides) -> PIGConfig:
-    kwargs = dict(clip_config=tiny_clip_config_dict(), num_frames=NUM_FRAMES, its_top_k=TOP_K)
-    kwargs.update(overrides)
-    return PIGConfig(**kwargs)
-
-
-def build_model(seed: int = 0, **overrides) -> PIGModel:
-    torch.manual_seed(seed)
-    return PIGModel(tiny_pig_config(**overrides)).eval()
-
-
-def random_inputs(n_text: int = 2, n_video: int = 2, num_frames: int = NUM_FRAMES, seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, 97, (n_text, 7), generator=generator)
-    input_ids[:, 0], input_ids[:, -1] = 97, 98  # bos ... eos (eos pooling)
-    pixel_values = torch.randn(n_video, num_frames, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixel_values}
-
-
-def vip_input_states(model: PIGModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The ViP sequence entering the first vision layer (after CLIP's pre-LN)."""
-    vision = model.clip.vision_model
-    return vision.pre_layrnorm(model.vip(pixel_values, vision.embeddings))
-
 
 def vip_reference_mask(num_global: int, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
     """The additive [1, 1, S, S] mask of §2.4: globals see all, frame tokens see globals + their own frame."""
@@ -62,15 +34,6 @@ def vip_reference_mask(num_global: int, num_frames: int, tokens_per_frame: int) 
 
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on 2 shared cores: one intra-op thread is ~100x faster than two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------------------------------- shapes
 
 
@@ -80,7 +43,8 @@ def test_shapes_at_every_stage():
     seq_len = 4 + NUM_FRAMES * 17
 
     with torch.no_grad():
-        hidden, cls_attention = model.encode_vip(inputs["pixel_values"], return_cls_attention=True)
+        vip = model.encode_vip(inputs["pixel_values"], return_cls_attention=True)
+        hidden, cls_attention = vip.last_hidden_state, vip.cls_attention
         assert hidden.shape == (2, seq_len, 48)
         assert cls_attention.shape == (2, 4, seq_len)  # [B, heads, S]
         torch.testing.assert_close(cls_attention.sum(-1), torch.ones(2, 4))
@@ -154,8 +118,8 @@ def test_first_layer_frame_tokens_see_only_the_globals_and_their_own_frame():
     changed[:, 2] = torch.randn_like(changed[:, 2])  # change frame 2 only
     layer = model.clip.vision_model.encoder.layers[0]
     with torch.no_grad():
-        before, _ = vip_encoder_layer_forward(layer, vip_input_states(model, pixels), 4, NUM_FRAMES)
-        after, _ = vip_encoder_layer_forward(layer, vip_input_states(model, changed), 4, NUM_FRAMES)
+        before = layer(vip_input_states(model, pixels), num_frames=NUM_FRAMES)[0]
+        after = layer(vip_input_states(model, changed), num_frames=NUM_FRAMES)[0]
     frame = lambda states, f: states[:, 4 + 17 * f: 4 + 17 * (f + 1)]  # noqa: E731
     torch.testing.assert_close(frame(after, 0), frame(before, 0), rtol=0, atol=0)
     torch.testing.assert_close(frame(after, 1), frame(before, 1), rtol=0, atol=0)
@@ -169,28 +133,32 @@ def test_any_frame_reaches_the_globals_and_through_them_the_other_frames():
     model = build_model()
     pixels = random_inputs(n_video=1)["pixel_values"]
     with torch.no_grad():
-        base, _ = model.encode_vip(pixels)
+        base = model.encode_vip(pixels).last_hidden_state
         for changed_frame in range(NUM_FRAMES):
             changed = pixels.clone()
             changed[:, changed_frame] += 1.0
-            states, _ = model.encode_vip(changed)
+            states = model.encode_vip(changed).last_hidden_state
             assert not torch.allclose(states[:, :4], base[:, :4])
             other = (changed_frame + 1) % NUM_FRAMES  # two layers: frame -> globals -> other frame
             assert not torch.allclose(states[:, 4 + 17 * other], base[:, 4 + 17 * other])
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("num_frames", [1, NUM_FRAMES])
-def test_block_attention_equals_full_attention_with_the_vip_mask(num_frames):
+def test_vip_layer_equals_clip_layer_with_the_vip_mask(num_frames, implementation):
     model = build_model()
     hidden = vip_input_states(model, random_inputs(n_video=2, num_frames=num_frames)["pixel_values"]).detach()
     layer = model.clip.vision_model.encoder.layers[0]
+    assert isinstance(layer, PIGViPEncoderLayer)
     mask = vip_reference_mask(4, num_frames, 17)
-    layer.self_attn.config._attn_implementation = "eager"  # the reference also returns attention weights
+    config = layer.self_attn.config
     with torch.no_grad():
-        block, cls_attention = vip_encoder_layer_forward(layer, hidden, 4, num_frames, return_cls_attention=True)
-        reference = layer(hidden, mask)  # CLIP's own layer forward with the §2.4 mask
+        config._attn_implementation = implementation  # "sdpa": block-wise; "eager": the explicit S x S mask
+        vip_out, _, cls_attention = layer(hidden, num_frames=num_frames, return_cls_attention=True)
+        config._attn_implementation = "eager"  # the reference also returns attention weights
+        reference = layer(hidden, mask)  # no layout: CLIP's own layer forward, here with the §2.4 mask
         _, reference_weights = layer.self_attn(layer.layer_norm1(hidden), mask)  # [B, H, S, S]
-    torch.testing.assert_close(block, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vip_out, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cls_attention, reference_weights[:, :, 0], rtol=1e-5, atol=1e-6)
 
 
@@ -213,7 +181,7 @@ def test_its_returns_k_distinct_patch_positions_sorted_by_cls_attention():
     pixels = random_inputs(n_video=3)["pixel_values"]
     with torch.no_grad():
         indices = model.get_video_features(pixels).informative_token_indices
-        _, cls_attention = model.encode_vip(pixels, return_cls_attention=True)
+        cls_attention = model.encode_vip(pixels, return_cls_attention=True).cls_attention
     scores = cls_attention.amax(dim=1)  # [B, S]
     frame_cls = {4 + 17 * f for f in range(NUM_FRAMES)}
     patches = [p for p in range(4, 4 + 17 * NUM_FRAMES) if p not in frame_cls]
@@ -330,9 +298,11 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         model = build_model(interaction_dropout=0.0).train()
         calls = []
         if checkpointing:
-            model.activation_checkpointing_enable()
-            original = model._gradient_checkpointing_func
-            model._gradient_checkpointing_func = lambda *a, **k: calls.append(1) or original(*a, **k)
+            model.activation_checkpointing_enable()  # transformers' mechanism: every GradientCheckpointingLayer
+            for layer in model.clip.vision_model.encoder.layers:
+                assert isinstance(layer, PIGViPEncoderLayer) and layer.gradient_checkpointing
+                original = layer._gradient_checkpointing_func
+                layer._gradient_checkpointing_func = lambda *a, f=original, **k: calls.append(1) or f(*a, **k)
         loss = model(**inputs, return_loss=True).loss
         loss.backward()
         if checkpointing:
@@ -346,17 +316,27 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bf16_autocast_runs_and_keeps_the_loss_in_float32():
+def test_bf16_autocast_runs_and_keeps_the_loss_in_float32(monkeypatch):
+    import modeling_pig.modeling_pig as modeling
+
     model = build_model()
     inputs = random_inputs(n_text=3, n_video=3)
     with torch.no_grad():
         reference = model(**inputs, return_loss=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed = model(**inputs, return_loss=True)
+        selected = model.get_video_features(inputs["pixel_values"]).informative_token_indices
+    # The tiny random model's CLS attention is nearly flat, so bf16 rounding can swap which patches ITS picks
+    # (a discrete change, not an error). Hold the float32 selection fixed to compare precision alone.
+    monkeypatch.setattr(modeling, "select_informative_tokens", lambda *args, **kwargs: selected)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(**inputs, return_loss=True)
     for name in ("loss", "contrastive_loss", "generation_loss", "logits_per_text", "video_embeds"):
         assert getattr(mixed, name).dtype == torch.float32, name
     assert torch.isfinite(mixed.loss)
-    torch.testing.assert_close(mixed.video_embeds, reference.video_embeds, rtol=0.1, atol=0.1)
+    # bf16 keeps 8 significant bits (0.4 % steps); unit embeddings with entries up to ~0.5 moved by <= 0.006 here
+    for name in ("video_embeds", "text_embeds", "pseudo_query_embeds"):
+        torch.testing.assert_close(getattr(mixed, name), getattr(reference, name), rtol=0, atol=0.02, msg=name)
+        assert F.cosine_similarity(getattr(mixed, name), getattr(reference, name)).min() > 0.999, name
+    assert mixed.loss.item() == pytest.approx(reference.loss.item(), rel=0.1)
 
 
 # -------------------------------------------------------------------------------------------------------- frames
@@ -401,13 +381,36 @@ def test_clip_vip_baseline_builds_no_generator_and_embeds_the_video_cls():
     inputs = random_inputs(n_text=2, n_video=2)
     with torch.no_grad():
         video = model.get_video_features(inputs["pixel_values"])
-        hidden, _ = model.encode_vip(inputs["pixel_values"])
+        hidden = model.encode_vip(inputs["pixel_values"]).last_hidden_state
         expected = model.clip.visual_projection(model.clip.vision_model.post_layernorm(hidden[:, 0]))
         out = model(**inputs, return_loss=True)
     torch.testing.assert_close(video.pooler_output, expected)
     assert video.pseudo_query_embeds is None and out.pseudo_query_embeds is None
     assert out.generation_loss is None
     torch.testing.assert_close(out.loss, out.contrastive_loss)
+
+
+def test_clip_vip_layout_without_frame_cls_has_no_frame_cls_tokens_or_parameter():
+    model = build_model(use_pseudo_query=False, use_frame_cls=False)
+    assert "vip.frame_cls" not in model.state_dict()
+    pixel_values = random_inputs()["pixel_values"]
+    hidden = model.encode_vip(pixel_values).last_hidden_state
+    assert hidden.shape[1] == 4 + NUM_FRAMES * 16  # M + T * P: frames are their patches only
+    with_cls = build_model(use_pseudo_query=False)
+    with_cls.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(with_cls.get_video_features(pixel_values).pooler_output,
+                              model.get_video_features(pixel_values).pooler_output)
+
+
+def test_generator_without_bos_has_no_bos_slot_and_a_shorter_sequence():
+    model = build_model(generator_use_bos=False)
+    assert "generator.bos_embedding" not in model.state_dict() and model.generator.bos_embedding is None
+    seen = []
+    model.generator.encoder.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["inputs_embeds"]),
+                                                      with_kwargs=True)
+    with torch.no_grad():
+        model.get_video_features(random_inputs()["pixel_values"])
+    assert seen[0].shape[1] == model.config.generator_sequence_length() == 4 + NUM_FRAMES + TOP_K + 1
 
 
 def test_meanp_baseline_is_plain_clip_per_frame_with_no_new_parameters():
@@ -463,7 +466,7 @@ def test_fixed_bos_eos_are_buffers_not_parameters():
 def test_config_edited_after_construction_is_rejected_by_the_model():
     config = tiny_pig_config()
     config.video_tower = "meanp"  # still use_pseudo_query=True
-    with pytest.raises(ValueError, match="use_pseudo_query"):
+    with pytest.raises(StrictDataclassError, match="use_pseudo_query"):
         PIGModel(config)
 
 

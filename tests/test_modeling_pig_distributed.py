@@ -2,14 +2,16 @@
 
 Two gloo processes (forked, so nothing is re-imported and the test takes seconds; file rendezvous, so no ports)
 each hold half of the batch. Features are all-gathered with gradients inside `PIGModel.forward`
-(`gather_features`); after averaging the gradients over ranks (what DDP does), they must equal the gradients of
+(`gather_features`, asked for with `gather_across_processes=True`); after averaging the gradients over ranks (what DDP does), they must equal the gradients of
 one process that sees the whole batch.
 """
+
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_modeling_pig import build_model, one_torch_thread, random_inputs  # noqa: F401
+from helpers import build_model, one_torch_thread, random_inputs  # noqa: F401
 
 WORLD_SIZE = 2
 BATCH = 4
@@ -25,7 +27,7 @@ def _worker(rank, init_file, result_dir):
     try:
         model, batch = _model_and_batch()
         local = {name: tensor.chunk(WORLD_SIZE)[rank] for name, tensor in batch.items()}
-        out = model(**local, return_loss=True)
+        out = model(**local, return_loss=True, gather_across_processes=True)
         out.loss.backward()
         grads = {}
         for name, param in model.named_parameters():
@@ -60,3 +62,26 @@ def test_gathered_loss_and_gradients_equal_the_single_process_global_batch(tmp_p
     # the comparison is not vacuous: a half batch gives another loss
     half = {name: tensor[: BATCH // 2] for name, tensor in batch.items()}
     assert not torch.allclose(model(**half, return_loss=True).loss, out.loss)
+
+
+def _lonely_worker(rank, init_file, result_dir):
+    # a short collective timeout: a forward that all-gathers on rank 0 alone fails after 20 s instead of hanging
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE,
+                            timeout=timedelta(seconds=20))
+    try:
+        if rank == 0:  # evaluation, a notebook under torchrun: only one rank runs the model
+            model, batch = _model_and_batch()
+            out = model(**batch, return_loss=True)
+            torch.save({"loss": out.loss.detach()}, f"{result_dir}/lonely.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_forward_with_loss_on_one_rank_only_does_not_wait_for_the_others(tmp_path):
+    mp.start_processes(_lonely_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE,
+                       join=True, start_method="fork")
+    model, batch = _model_and_batch()
+    # no gather by default: the loss is the one of this call's batch, as on a single process
+    torch.testing.assert_close(torch.load(tmp_path / "lonely.pt")["loss"], model(**batch, return_loss=True).loss)

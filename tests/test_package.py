@@ -1,4 +1,4 @@
-"""The package surface: lazy imports, Auto registration without remote code, the console script."""
+"""The package surface: `import modeling_pig` registers the Auto classes and the pipeline, lazy names."""
 
 import os
 import subprocess
@@ -6,17 +6,15 @@ import sys
 import textwrap
 
 import torch
-from test_modeling_pig import build_model, random_inputs
+from helpers import build_model, random_inputs
 
 FRESH = textwrap.dedent(
     """
     import sys
-    import modeling_pig
-    # importing the package alone stays light: no model code, no torch
-    assert "modeling_pig.modeling_pig" not in sys.modules and "torch" not in sys.modules, sorted(sys.modules)
-    from modeling_pig import PIGConfig  # registers config, model and processor together
+    import modeling_pig  # noqa: F401  (importing the package is all it takes, as for a transformers model)
+    import numpy as np
     import torch
-    from transformers import AutoConfig, AutoModel, AutoProcessor
+    from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
 
     folder = sys.argv[1]
     config = AutoConfig.from_pretrained(folder)
@@ -27,6 +25,10 @@ FRESH = textwrap.dedent(
     saved = torch.load(sys.argv[2])
     with torch.no_grad():
         assert torch.equal(model(**saved["inputs"]).logits_per_text, saved["logits"])
+    retriever = pipeline("video-text-retrieval", model=folder)
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    embedded = retriever(videos=[frames, frames[::-1]])  # (this tiny model's vocabulary is not CLIP's: no text)
+    assert [e["video"] for e in embedded] == [0, 1] and len(embedded[0]["embedding"]) == 24, embedded
     print("OK")
     """
 )

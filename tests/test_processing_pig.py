@@ -1,5 +1,6 @@
 """PIGProcessor (modeling_pig/processing_pig.py): tokenizer, frame preprocessing, save/load, DataLoader workers."""
 
+import json
 import os
 import pickle
 import subprocess
@@ -9,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_video_io import write_video  # tests/ is on sys.path (no __init__.py: pytest's default import mode)
+from helpers import write_video  # tests/ is on sys.path (no __init__.py: pytest's default import mode)
 from transformers import AutoProcessor
 
-from modeling_pig import PIGProcessor
+from modeling_pig import PIGProcessor, PIGVideoProcessor
 from modeling_pig.processing_pig import CLIP_MEAN, CLIP_STD
 from modeling_pig.tokenizer_files import MERGES_FILE, VOCAB_FILE
 from modeling_pig.tokenizer_files.derive import vocabulary_file_texts
-from modeling_pig.video_io import read_video_frames
+from modeling_pig.video_io import decode_all_frames, read_video_frames
 
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
 START, END = 49406, 49407
@@ -63,6 +64,53 @@ def test_captions_are_padded_and_truncated_to_max_length(processor):
     assert out["attention_mask"][0].tolist() == [1] * 7 + [0] * 43
     assert out["input_ids"][1, 0] == START and out["input_ids"][1, -1] == END  # truncated, end token kept
     assert out["attention_mask"][1].all()
+
+
+def test_tokenizer_arguments_are_accepted_per_call(processor):
+    longest = processor(text=["a photo of a cat", "a cat"], padding=True)
+    assert longest["input_ids"].shape == (2, 7) and longest["input_ids"][0].tolist() == CAT_IDS
+    assert longest["attention_mask"][1].tolist() == [1] * 4 + [0] * 3
+    assert processor(text="word " * 80, max_length=10)["input_ids"].shape == (1, 10)
+    assert processor(text="word " * 80, truncation=False, padding=False)["input_ids"].shape == (1, 82)
+    lists = processor(text=["a photo of a cat"], padding=False, return_tensors=None)
+    assert lists["input_ids"] == [CAT_IDS] and lists["attention_mask"] == [[1] * 7]
+    assert isinstance(processor(text="a cat", return_tensors="np")["input_ids"], np.ndarray)
+
+
+def test_processor_exposes_its_tokenizer_and_video_processor(processor, small_videos):
+    assert processor.tokenizer("a photo of a cat")["input_ids"] == CAT_IDS
+    assert isinstance(processor.video_processor, PIGVideoProcessor)
+    assert processor.image_processor is processor.video_processor  # the name CLIPProcessor users reach for
+    alone = PIGVideoProcessor(num_frames=4, image_size=32)
+    assert alone(videos=small_videos[0])["pixel_values"].shape == (1, 4, 3, 32, 32)
+    settings = PIGProcessor(num_frames=4, image_size=32)
+    settings.num_frames = 6  # the processor's settings are the video processor's
+    assert settings.video_processor.num_frames == 6 and settings.to_dict()["num_frames"] == 6
+
+
+def test_decoded_frames_are_sampled_exactly_like_the_file(small_videos):
+    processor = PIGProcessor(num_frames=5, image_size=32)
+    path = small_videos[0]  # 20 frames
+    frames = decode_all_frames(path)
+    assert frames.shape[0] == 20
+    from_file = processor(videos=path)["pixel_values"]
+    for decoded in (frames, torch.from_numpy(frames)):
+        torch.testing.assert_close(processor(videos=decoded)["pixel_values"], from_file, rtol=0, atol=0)
+    seeded = lambda: dict(mode="train", generator=torch.Generator().manual_seed(3))  # noqa: E731
+    torch.testing.assert_close(processor(videos=frames, **seeded())["pixel_values"],
+                               processor(videos=path, **seeded())["pixel_values"], rtol=0, atol=0)
+    thirty = np.repeat(frames[:1], 30, axis=0)
+    assert processor(videos=thirty)["pixel_values"].shape == (1, 5, 3, 32, 32)
+    assert processor(videos=[thirty, frames[:3]], num_frames=8)["pixel_values"].shape == (2, 8, 3, 32, 32)
+
+
+def test_sampling_settings_are_accepted_per_call(small_videos):
+    processor = PIGProcessor(num_frames=4, image_size=32)
+    eight = processor(videos=small_videos[1], num_frames=8)["pixel_values"]
+    assert eight.shape == (1, 8, 3, 32, 32)
+    torch.testing.assert_close(eight[0], processor.preprocess_frames(read_video_frames(small_videos[1], 8)))
+    assert processor.num_frames == 4  # a per-call setting does not stick
+    assert isinstance(processor(videos=small_videos[1], return_tensors=None)["pixel_values"], np.ndarray)
 
 
 @pytest.mark.parametrize("text", ["", "   ", ["a dog", " \n\t"], [""]])
@@ -181,8 +229,10 @@ def test_bad_inputs_raise_clear_errors(processor, small_videos, tmp_path):
     frames = read_video_frames(small_videos[0], 12)
     with pytest.raises(ValueError, match="not both"):
         processor(videos=[frames], images=[Image.new("RGB", (8, 8))])
-    with pytest.raises(ValueError, match="same number of frames"):
-        processor(videos=[frames, frames[:5]])
+    with pytest.raises(TypeError, match="paddding"):  # a misspelt tokenizer argument is named
+        processor(text="x", paddding=True)
+    with pytest.raises(ValueError, match="num_frames"):
+        processor(videos=[frames], num_frames=0)
     with pytest.raises(ValueError, match="uint8"):
         processor.preprocess_frames(frames.astype(np.float32))
     with pytest.raises(ValueError, match="entries for"):
@@ -213,6 +263,9 @@ def test_save_and_load_round_trip_keeps_settings_and_outputs(tmp_path, small_vid
         assert torch.equal(out["input_ids"], reference["input_ids"])
         torch.testing.assert_close(out["pixel_values"], reference["pixel_values"])
     assert PIGProcessor.from_pretrained(tmp_path, num_frames=8).num_frames == 8  # keyword overrides
+    tokenizer_config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert not {"is_local", "local_files_only"} & set(tokenizer_config)  # how this machine loaded it: not saved
+    assert "video_processor" not in json.loads((tmp_path / "processor_config.json").read_text())
 
 
 @pytest.fixture(scope="module", autouse=True)

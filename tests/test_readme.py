@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_clip_config_dict
 from transformers import CLIPConfig, CLIPModel
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -41,13 +42,7 @@ def write_mp4(path: Path, num_frames: int, seed: int) -> None:
 def tiny_224_clip(tmp_path):
     """A random CLIP with the real tokenizer's vocabulary and 224 px input (what PIGProcessor() produces)."""
     torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
-                         eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=224, patch_size=56),
-        projection_dim=16)
+    config = CLIPConfig(**tiny_clip_config_dict(real_vocabulary=True, vision_config=dict(image_size=224, patch_size=56)))
     folder = tmp_path / "clip"
     CLIPModel(config).save_pretrained(folder)
     return folder
@@ -73,3 +68,23 @@ def test_readme_quick_start_runs_as_written(tmp_path, tiny_224_clip, monkeypatch
     with torch.no_grad():
         logits = namespace["model"](**inputs).logits_per_text
     torch.testing.assert_close(scores * scale, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_readme_transformers_conventions_run_as_written(tmp_path, tiny_224_clip, monkeypatch):
+    quick_start = readme_block("## Quick start: the model").replace('"openai/clip-vit-base-patch32"',
+                                                                   repr(str(tiny_224_clip)))
+    code = readme_block("### Like any transformers model")
+    assert "import modeling_pig" in code and 'pipeline("video-text-retrieval"' in code
+    write_mp4(tmp_path / "a.mp4", 20, seed=1)
+    write_mp4(tmp_path / "b.mp4", 8, seed=2)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(quick_start, str(README), "exec"), namespace)
+    exec(compile(code, str(README), "exec"), namespace)
+
+    assert type(namespace["model"]).__name__ == "PIGModel" and (tmp_path / "pig-demo" / "README.md").is_file()
+    assert namespace["inputs"]["input_ids"].shape == (2, 7)  # padding=True: to the longest caption
+    hidden = namespace["out"].video_model_output.hidden_states
+    assert len(hidden) == 1 + 2 and hidden[0].shape == (2, 4 + 12 * 17, 48)  # tiny: 16 patches, 48 wide
+    ranked = namespace["retriever"](text="a man plays a guitar", videos=["a.mp4", "b.mp4"])
+    assert sorted(r["video"] for r in ranked) == ["a.mp4", "b.mp4"]

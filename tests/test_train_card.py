@@ -60,3 +60,20 @@ def test_card_body_has_description_usage_recipe_results_limitations_and_citation
 def test_card_requires_the_model_facts():
     with pytest.raises(KeyError, match="num_frames"):
         _card(model_info={k: v for k, v in MODEL_INFO.items() if k != "num_frames"})
+
+
+def test_card_metadata_names_the_pipeline_and_the_training_data(tmp_path):
+    card = ModelCard.load(save_model_card(_card(datasets=["msrvtt", "cc3m"]), tmp_path))
+    assert card.data.pipeline_tag == "feature-extraction"  # the Hub's text-to-video is generation
+    assert card.data.datasets == ["msrvtt", "cc3m"]
+    assert "text-to-video-retrieval" in card.data.tags
+
+
+def test_a_trained_model_card_lists_both_stages_data():
+    from model_cards.training_card import training_datasets
+
+    args = {"dataset": "msrvtt", "stage1_dataset": "some-user/cc3m-595k"}
+    both = {"stages": {"1": {"steps": 2}, "2": {"steps": 3}}}
+    assert training_datasets(args, both) == ["msrvtt", "some-user/cc3m-595k"]
+    assert training_datasets({**args, "stage1_dataset": "imagefolder"}, both) == ["msrvtt"]
+    assert training_datasets(args, {"stages": {"2": {"steps": 3}}}) == ["msrvtt"]

@@ -151,3 +151,16 @@ def test_every_flag_overrides_the_recipe():
         assert getattr(args, name) == value, name
         assert getattr(args, name) != getattr(from_recipe, name), name
     assert len(expected) == len(dataclasses.fields(TrainArguments)) - 1
+
+
+def test_report_to_takes_any_tracker_accelerate_supports_and_names_what_is_wrong():
+    from accelerate.tracking import get_available_trackers
+
+    assert parse_args([]).trackers is None
+    assert parse_args(["--report_to", "tensorboard"]).trackers == ["tensorboard"]
+    assert parse_args(["--report_to", "all"]).trackers == ["all"]
+    with pytest.raises(ValueError, match="'nonsense' is not a tracker accelerate supports"):
+        parse_args(["--report_to", "tensorboard,nonsense"]).trackers
+    if "wandb" not in {str(t) for t in get_available_trackers()}:
+        with pytest.raises(ValueError, match="wandb is not installed here"):
+            parse_args(["--report_to", "wandb"]).trackers

@@ -9,43 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_train, tiny_argv
 from safetensors.torch import load_file
 
+import model_cards.hub as hub_module
 import training.train as train_module
 from training.args import parse_args
-from training.train import NonFiniteLossError, build_model, load_generator_weights, main
-
-SYNTHETIC = ["--synthetic_num_train", "8", "--synthetic_num_test", "4", "--synthetic_num_images", "8"]
-
-
-def run_train(argv, **kwargs):
-    """main() with a fresh accelerate state (several runs share this process)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return main(argv, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    from datasets_scripts.synthetic import generate_synthetic
-
-    folder = tmp_path_factory.mktemp("synthetic") / "data"
-    generate_synthetic(folder, seed=0, num_train=8, num_test=4, num_images=8, progress=False)
-    return folder
-
-
-def tiny_argv(output_dir, data_dir, *extra):
-    return ["--output_dir", str(output_dir), "--data_dir", str(data_dir), *SYNTHETIC,
-            "--train_batch_size", "4", "--stage1_train_batch_size", "4", "--eval_batch_size", "4",
-            "--logging_steps", "1", *extra]
-
+from training.model import build_model, load_generator_weights
+from training.optimization import NonFiniteLossError
 
 class FakeHfApi:
     """Records the Hub calls train.py makes and what the folder held at upload time."""
 
     calls = []
+
+    def __init__(self, token=None):
+        pass
 
     def create_repo(self, **kwargs):
         FakeHfApi.calls.append(("create_repo", kwargs))
@@ -62,7 +41,7 @@ def demo_run(tmp_path_factory, synthetic_dir):
     """One full two-stage run: eval every step (best/), tensorboard, push to a mocked Hub."""
     out = tmp_path_factory.mktemp("demo") / "out"
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(train_module, "HfApi", FakeHfApi)
+    monkeypatch.setattr(hub_module, "HfApi", FakeHfApi)
     FakeHfApi.calls = []
     printed = io.StringIO()
     try:
@@ -204,7 +183,20 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_from_checkpoint_gives_the_same_weights_as_a_straight_run(tmp_path, synthetic_dir):
+def interrupt_after_checkpoint(monkeypatch, stage, step):
+    """Make the run stop (raise Interrupted) right after it saved the checkpoint of `stage` at `step`."""
+    real_save = train_module.save_checkpoint
+
+    def save_then_stop(accelerator, state, directory, limit):
+        path = real_save(accelerator, state, directory, limit)
+        if state.stage == stage and state.step == step:
+            raise Interrupted
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+
+
+def test_resume_from_checkpoint_gives_the_same_weights_as_a_straight_run(tmp_path, synthetic_dir, monkeypatch):
     # 8 videos, batch 2: 4 steps per epoch; steps 3 + 3 cross an epoch boundary. Dropout stays on (interaction
     # dropout 0.1), so the RNG state must resume too.
     common = ["--stage", "2", "--train_batch_size", "2", "--max_train_steps", "6", "--checkpointing_steps", "1",
@@ -212,13 +204,10 @@ def test_resume_from_checkpoint_gives_the_same_weights_as_a_straight_run(tmp_pat
     straight = tmp_path / "straight"
     run_train(tiny_argv(straight, synthetic_dir, *common))
 
-    def stop_after_three(state):
-        if state.step == 3:
-            raise Interrupted
-
     resumed = tmp_path / "resumed"
-    with pytest.raises(Interrupted):
-        run_train(tiny_argv(resumed, synthetic_dir, *common), step_callback=stop_after_three)
+    with monkeypatch.context() as patch, pytest.raises(Interrupted):
+        interrupt_after_checkpoint(patch, "2", 3)
+        run_train(tiny_argv(resumed, synthetic_dir, *common))
     assert not (resumed / "model.safetensors").exists()
     run_train(tiny_argv(resumed, synthetic_dir, *common, "--resume_from_checkpoint", "latest"))
 
@@ -233,19 +222,17 @@ def test_resume_from_checkpoint_gives_the_same_weights_as_a_straight_run(tmp_pat
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step_5", "step_6"]
 
 
-def test_a_two_stage_run_interrupted_in_stage_two_resumes_there_without_redoing_stage_one(tmp_path, synthetic_dir):
+def test_a_two_stage_run_interrupted_in_stage_two_resumes_there_without_redoing_stage_one(tmp_path, synthetic_dir,
+                                                                                          monkeypatch):
     common = ["--stage", "both", "--stage1_max_train_steps", "2", "--max_train_steps", "3",
               "--checkpointing_steps", "1", "--no_do_final_eval"]
     straight = tmp_path / "straight"
     run_train(tiny_argv(straight, synthetic_dir, *common))
 
-    def stop_in_stage_two(state):
-        if state.stage == "2" and state.step == 1:
-            raise Interrupted
-
     resumed = tmp_path / "resumed"
-    with pytest.raises(Interrupted):
-        run_train(tiny_argv(resumed, synthetic_dir, *common), step_callback=stop_in_stage_two)
+    with monkeypatch.context() as patch, pytest.raises(Interrupted):
+        interrupt_after_checkpoint(patch, "2", 1)
+        run_train(tiny_argv(resumed, synthetic_dir, *common))
     stage1_model = (resumed / "stage1" / "model.safetensors").stat().st_mtime_ns
     summary = run_train(tiny_argv(resumed, synthetic_dir, *common, "--resume_from_checkpoint", "latest"))
     assert (resumed / "stage1" / "model.safetensors").stat().st_mtime_ns == stage1_model

@@ -128,6 +128,10 @@ class TrainArguments:
     warmup_ratio: float = field(default=0.1, metadata={
         "help": "Warm-up steps = int(ratio * total steps) (0.1 for the demo's from-scratch model; recipes: 0.01)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip (0: off)."})
+    grad_cache_chunk_size: int = field(default=0, metadata={
+        "help": "Gradient caching: encode each process's batch in chunks of N videos (two passes, the loss still "
+                "spans the whole global batch), so that the activation memory is that of N videos. 0: off. DDP "
+                "and one process (not FSDP/DeepSpeed). See docs/training.md."})
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = field(default=None, metadata={
         "help": "Autocast for the forward pass (None: accelerate's launch setting)."})
 
@@ -149,8 +153,12 @@ class TrainArguments:
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={
         "help": "'latest' (newest complete checkpoint of the run in output_dir) or a checkpoint folder."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss / lr every N steps."})
-    report_to: Literal["none", "tensorboard"] = field(default="none", metadata={
-        "help": "tensorboard: event files in output_dir/logs."})
+    report_to: str = field(default="none", metadata={
+        "help": "Trackers, comma-separated: any that accelerate supports (tensorboard, wandb, mlflow, comet_ml, "
+                "aim, clearml, dvclive, swanlab, trackio), 'all' (every one installed) or 'none'. Local ones write "
+                "under output_dir/logs."})
+    tracker_project_name: str = field(default="pig-hf", metadata={
+        "help": "Project (run group) name given to the trackers; tensorboard: the folder under output_dir/logs."})
 
     # ----------------------------------------------------------------- publishing
     model_name: Optional[str] = field(default=None, metadata={"help": "Name in the model card (default: derived)."})
@@ -166,7 +174,8 @@ class TrainArguments:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)}; expected a positive integer")
-        for name in ("eval_steps", "checkpointing_steps", "logging_steps", "dataloader_num_workers"):
+        for name in ("eval_steps", "checkpointing_steps", "logging_steps", "dataloader_num_workers",
+                     "grad_cache_chunk_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 0")
         if self.checkpoints_total_limit < 1:
@@ -183,6 +192,29 @@ class TrainArguments:
     def model_config_dict(self) -> dict:
         """`model_config` parsed (empty dict when unset)."""
         return json.loads(self.model_config) if self.model_config else {}
+
+    @property
+    def trackers(self) -> list[str] | None:
+        """`report_to` as accelerate's `log_with` (None: no tracker). Raises ValueError for a name accelerate does
+        not know, or one whose package is not installed."""
+        from accelerate.tracking import get_available_trackers
+        from accelerate.utils import LoggerType
+
+        names = [name.strip().lower() for name in str(self.report_to).split(",") if name.strip()]
+        if names in ([], ["none"]):
+            return None
+        known = [t.value for t in LoggerType]
+        for name in names:
+            if name not in known:
+                raise ValueError(f"--report_to {self.report_to!r}: {name!r} is not a tracker accelerate supports; "
+                                 f"expected 'none' or comma-separated names from {known}")
+        installed = {str(t) for t in get_available_trackers()}
+        missing = [name for name in names if name != "all" and name not in installed]
+        if missing:
+            raise ValueError(f"--report_to {self.report_to!r}: the package of {', '.join(missing)} is not installed "
+                             f"here (pip install {' '.join(missing)}); installed trackers: "
+                             f"{sorted(installed) or 'none'}")
+        return names
 
     def to_dict(self) -> dict:
         """Plain-JSON view (for run_summary.json and the model card)."""

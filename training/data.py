@@ -7,13 +7,17 @@ checkpoint therefore sees exactly the same samples as the uninterrupted run, on 
 A video (or image) that cannot be decoded does not stop training: the dataset returns a failure record
 (`VideoDecodeError` / image decode errors only; any other exception is a bug and propagates), the collator
 drops it and reports how many it dropped and which files; `train.py` counts them in the logs and the summary.
+
+`load_split` is the one way a benchmark split is read, by the trainer (`run_split`, `stage1_dataset`) and by the
+evaluation script.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,13 +184,103 @@ class TrainCollator:
         failed = [f"{item['path'] or item['id']}: {item['error']}" for item in items if not item["ok"]]
         batch: dict[str, Any] = {"num_failed": len(failed), "failed": failed}
         if good:
-            features = self.processor(text=[item["caption"] for item in good],
-                                      videos=[item["frames"] for item in good], return_tensors="pt", mode="train")
+            features = self.processor(text=[item["caption"] for item in good], return_tensors="pt")
+            # The frames were sampled when decoded (per-visit generator; images are 1-frame videos): preprocess
+            # them as they are. processor(videos=frames) would sample them again, as it samples a file.
+            pixel_values = torch.stack([self.processor.preprocess_frames(item["frames"]) for item in good])
             batch.update(input_ids=features["input_ids"], attention_mask=features["attention_mask"],
-                         pixel_values=features["pixel_values"])
+                         pixel_values=pixel_values)
         return batch
 
 
-def steps_per_epoch(num_items: int, global_batch: int) -> int:
-    """Optimizer steps in one pass over `num_items` with a global batch of `global_batch` (last batch partial)."""
-    return math.ceil(num_items / global_batch)
+# ------------------------------------------------------------------------------------------------- benchmarks
+
+
+def load_split(name: str, data_dir: str | os.PathLike | None, split: str, *, config: str | None = None,
+               video_dir: str | os.PathLike | None = None, missing_videos: str = "error",
+               cache_dir: str | os.PathLike | None = None, limit: int | None = None,
+               synthetic: dict | None = None, main_process_first: Callable[[], Any] | None = None):
+    """One split of a benchmark as `load_benchmark` rows (video_id, video, captions, start, end, ...).
+
+    name "synthetic": the benchmark is generated into `data_dir` first. With `synthetic` (keyword arguments of
+    `generate_synthetic`) it is generated with exactly those parameters (an existing one with others is
+    replaced); without, a benchmark already in `data_dir` is used as it is and an absent one is generated with
+    the defaults. `limit`: only the first N rows. `main_process_first`: a context-manager factory
+    (`accelerator.main_process_first`) under which generation and preparation happen, so that one process does
+    them and the others then find them complete. Raises ValueError without `data_dir` (other than for
+    "synthetic") or when the split has no rows.
+    """
+    from datasets_scripts import load_benchmark
+    from datasets_scripts.synthetic import generate_synthetic, read_manifest
+
+    first = main_process_first or contextlib.nullcontext
+    if data_dir is None:
+        raise ValueError(f"dataset {name!r} needs --data_dir (the folder with its annotation files)")
+    if name == "synthetic":
+        with first():
+            if synthetic is not None:
+                data_dir = str(generate_synthetic(data_dir, **synthetic))
+            elif read_manifest(data_dir) is None:
+                generate_synthetic(data_dir)
+    with first():
+        rows = load_benchmark(name, data_dir=data_dir, config=config, split=split, video_dir=video_dir,
+                              missing_videos=missing_videos, cache_dir=cache_dir)
+    if len(rows) == 0:
+        raise ValueError(f"{name} split {split!r} under {data_dir} has no rows")
+    return rows.select(range(min(limit, len(rows)))) if limit is not None else rows
+
+
+def run_split(args, accelerator, name: str, data_dir: str | None, config: str | None, split: str,
+              limit: int | None = None):
+    """`load_split` with a training run's settings: the synthetic benchmark goes to (or is read from)
+    `--data_dir` or output_dir/.cache/synthetic, generated with the run's `--synthetic_*` parameters."""
+    synthetic = None
+    if name == "synthetic":
+        data_dir = data_dir or str(Path(args.output_dir) / ".cache" / "synthetic")
+        synthetic = {"seed": args.synthetic_seed, "num_train": args.synthetic_num_train,
+                     "num_test": args.synthetic_num_test, "num_images": args.synthetic_num_images,
+                     "progress": accelerator.is_local_main_process}
+    return load_split(name, data_dir, split, config=config, video_dir=args.video_dir,
+                      missing_videos=args.missing_videos, limit=limit, synthetic=synthetic,
+                      main_process_first=accelerator.main_process_first)
+
+
+def stage1_dataset(args, accelerator):
+    """Stage-1 image-caption data as 1-frame training items (see --stage1_dataset)."""
+    from datasets_scripts import BENCHMARKS
+
+    name = args.stage1_dataset
+    if name.lower().replace("-", "").replace("_", "") in BENCHMARKS:
+        data_dir = args.stage1_data_dir or (args.data_dir if name == args.dataset else None)
+        rows = run_split(args, accelerator, name, data_dir, args.stage1_dataset_config, args.stage1_split,
+                         args.stage1_max_train_samples)
+        return VideoCaptionDataset(rows, num_frames=1, seed=args.seed)
+    import datasets
+
+    with accelerator.main_process_first():
+        if name == "imagefolder":
+            if not args.stage1_data_dir:
+                raise ValueError("--stage1_dataset imagefolder needs --stage1_data_dir (images + metadata.jsonl)")
+            rows = datasets.load_dataset("imagefolder", data_dir=args.stage1_data_dir, split=args.stage1_split)
+        else:
+            rows = datasets.load_dataset(name, args.stage1_dataset_config, data_dir=args.stage1_data_dir,
+                                         split=args.stage1_split)
+    if args.stage1_max_train_samples is not None:
+        rows = rows.select(range(min(args.stage1_max_train_samples, len(rows))))
+    return ImageCaptionDataset(rows, args.stage1_image_column, args.stage1_caption_column, seed=args.seed)
+
+
+# ------------------------------------------------------------------------------------------------- batches
+
+
+def batch_sizes_across_processes(accelerator, batch: dict) -> tuple[int, int, int]:
+    """(failed items summed over processes, smallest per-process batch, largest per-process batch): a collective."""
+    local = batch["input_ids"].shape[0] if "input_ids" in batch else 0
+    values = torch.tensor([[batch["num_failed"], local]], device=accelerator.device)
+    gathered = accelerator.gather(values)  # [num_processes, 2]
+    return int(gathered[:, 0].sum()), int(gathered[:, 1].min()), int(gathered[:, 1].max())
+
+
+def truncate_batch(batch: dict, size: int) -> dict:
+    """The first `size` items of a collated batch (the global contrastive batch needs equal shares)."""
+    return {k: (v[:size] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

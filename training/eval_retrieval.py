@@ -13,9 +13,10 @@ computed separately, in batches, then scored with one matrix product and ranked 
   mtime) and per text; videos are written as they are computed, so an interrupted run keeps its progress and
   a rerun reuses it.
 
-Library use (the trainer): `evaluate_retrieval(model, processor, dataset)`. Command line:
+Library use (the trainer, training/evaluation.py): `evaluate_retrieval(model, processor, dataset)`. Command line
+(`python -m training.eval_retrieval` works too):
 
-    python training/evaluate.py --model DIR --benchmark msrvtt --data_dir DATA --config 9k --split test \\
+    python training/eval_retrieval.py --model DIR --benchmark msrvtt --data_dir DATA --config 9k --split test \\
         --output results.json
 
 writes/updates `results.json` (one entry per model x benchmark x config x split) and `results.md` (the table).
@@ -23,34 +24,23 @@ writes/updates `results.json` (one entry per model x benchmark x config x split)
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-# `python training/evaluate.py` puts this folder first on sys.path, where this very file would shadow the
-# `evaluate` package for every library imported below.
-_HERE = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
-    sys.path.pop(0)
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from modeling_pig.embedding import (  # noqa: E402
-    EmbeddingStore,
-    encode_texts,
-    encode_videos,
-    model_fingerprint,
-    processor_signature,
-)
-from modeling_pig.loader import load_model_and_processor  # noqa: E402
-from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics  # noqa: E402
+from modeling_pig.embedding import EmbeddingStore, model_fingerprint, processor_signature
+from modeling_pig.encoding import encode_texts, encode_videos
+from modeling_pig.loader import load_model_and_processor
+from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics
+from training.data import load_split
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +72,97 @@ def _column(dataset, name: str) -> list:
                    "expected load_benchmark rows: video_id, video, captions, start, end")
 
 
+@dataclasses.dataclass
+class SplitEmbeddings:
+    """The embeddings of a split's rows (or of a contiguous share of them, see `merge_split_embeddings`).
+
+    videos: `[len(kept), D]` float32, one per decodable video; kept: the row of each (ascending);
+    failed: row -> reason, for every video that could not be decoded; texts: `[n_texts, D]` float32, every
+    caption of the kept rows in row order (empty `[0, 0]` when nothing was kept).
+    """
+
+    videos: torch.Tensor
+    kept: list[int]
+    failed: dict[int, str]
+    texts: torch.Tensor
+
+
+def _split_columns(dataset) -> tuple[list, list, list, list | None, list | None]:
+    """(videos, captions, video_ids, starts, ends) of `load_benchmark` rows, every row with a caption."""
+    videos = _column(dataset, "video")
+    captions = _column(dataset, "captions")
+    names = dataset.column_names
+    video_ids = _column(dataset, "video_id") if "video_id" in names else [str(i) for i in range(len(videos))]
+    starts = _column(dataset, "start") if "start" in names else None
+    ends = _column(dataset, "end") if "end" in names else None
+    for row, (video_id, row_captions) in enumerate(zip(video_ids, captions)):
+        if not row_captions or any(not isinstance(c, str) or not c.strip() for c in row_captions):
+            raise ValueError(f"row {row} (video_id {video_id!r}) has no caption or an empty one: {row_captions!r}; "
+                             "every video needs at least one non-empty caption")
+    return videos, captions, video_ids, starts, ends
+
+
+def embed_split(model, processor, dataset, batch_size: int = 16, cache_dir=None, num_workers: int = 0,
+                text_batch_size: int = 256, show_progress: bool = True) -> SplitEmbeddings:
+    """Embed every video of `dataset` (skipping undecodable ones) and every caption of the decodable ones.
+
+    The arguments are those of `evaluate_retrieval_detailed`. An empty `dataset` (a process's share of a small
+    split) gives empty embeddings.
+    """
+    videos, captions, _, starts, ends = _split_columns(dataset)
+    if not videos:
+        return SplitEmbeddings(videos=torch.empty(0, 0), kept=[], failed={}, texts=torch.empty(0, 0))
+    section = None
+    if cache_dir is not None:
+        section = EmbeddingStore(cache_dir).section(model_fingerprint(model), processor_signature(processor))
+    encoded = encode_videos(model, processor, videos, batch_size=batch_size, starts=starts, ends=ends,
+                            num_workers=num_workers, store=section, show_progress=show_progress)
+    texts = [caption for row in encoded.positions for caption in captions[row]]
+    text_embeddings = torch.empty(0, 0)
+    if texts:
+        text_embeddings = encode_texts(model, processor, texts, batch_size=text_batch_size, store=section,
+                                       show_progress=show_progress)
+    return SplitEmbeddings(videos=encoded.embeddings.float(), kept=list(encoded.positions),
+                           failed=dict(encoded.failed), texts=text_embeddings.float())
+
+
+def merge_split_embeddings(shares: Sequence[SplitEmbeddings], sizes: Sequence[int]) -> SplitEmbeddings:
+    """The `SplitEmbeddings` of a whole split from those of its consecutive shares of `sizes` rows each."""
+    kept, failed, videos, texts = [], {}, [], []
+    offset = 0
+    for share, size in zip(shares, sizes, strict=True):
+        kept += [offset + row for row in share.kept]
+        failed.update({offset + row: reason for row, reason in share.failed.items()})
+        if share.kept:
+            videos.append(share.videos)
+            texts.append(share.texts)
+        offset += size
+    if not videos:
+        return SplitEmbeddings(videos=torch.empty(0, 0), kept=[], failed=failed, texts=torch.empty(0, 0))
+    return SplitEmbeddings(videos=torch.cat(videos), kept=kept, failed=failed, texts=torch.cat(texts))
+
+
+def score_split(dataset, embeddings: SplitEmbeddings, dsl: bool = False) -> RetrievalEvaluation:
+    """Metrics of a split from its embeddings: every caption of a kept row is a query for that row's video."""
+    videos, captions, video_ids, _, _ = _split_columns(dataset)
+    if not videos:
+        raise ValueError("the evaluation dataset is empty")
+    skipped = [{"video_id": video_ids[p], "video": videos[p], "reason": reason, "num_captions": len(captions[p])}
+               for p, reason in sorted(embeddings.failed.items())]
+    if not embeddings.kept:
+        raise ValueError(f"none of the {len(videos)} videos could be decoded (first: {skipped[0]['reason']})")
+    if skipped:
+        logger.warning("Evaluation skips %d unreadable videos and their %d captions: %s", len(skipped),
+                       sum(s["num_captions"] for s in skipped), ", ".join(s["video_id"] for s in skipped[:10]))
+    text_to_video = [column for column, row in enumerate(embeddings.kept) for _ in captions[row]]
+    sim = (embeddings.texts @ embeddings.videos.T).numpy()  # [n_text, n_video]
+    metrics = compute_retrieval_metrics(sim, np.asarray(text_to_video), dsl=dsl)
+    metrics["num_skipped_videos"] = len(skipped)
+    metrics["num_skipped_captions"] = sum(s["num_captions"] for s in skipped)
+    protocol = "square" if all(len(c) == 1 for c in captions) else "multi-caption"
+    return RetrievalEvaluation(metrics=metrics, protocol=protocol, skipped=skipped)
+
+
 def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16, cache_dir=None, dsl: bool = False,
                                 num_workers: int = 0, text_batch_size: int = 256, show_progress: bool = True
                                 ) -> RetrievalEvaluation:
@@ -97,46 +178,14 @@ def evaluate_retrieval_detailed(model, processor, dataset, batch_size: int = 16,
         num_workers: DataLoader workers decoding videos.
 
     Returns:
-        `RetrievalEvaluation` (metrics, protocol, skipped videos).
+        `RetrievalEvaluation` (metrics, protocol, skipped videos). `embed_split` + `score_split` are the two halves
+        (training/evaluation.py runs the first on every process's share of the rows).
     """
-    videos = _column(dataset, "video")
-    captions = _column(dataset, "captions")
-    names = dataset.column_names
-    video_ids = _column(dataset, "video_id") if "video_id" in names else [str(i) for i in range(len(videos))]
-    starts = _column(dataset, "start") if "start" in names else None
-    ends = _column(dataset, "end") if "end" in names else None
-    if not videos:
+    if len(dataset) == 0:
         raise ValueError("the evaluation dataset is empty")
-    for row, (video_id, row_captions) in enumerate(zip(video_ids, captions)):
-        if not row_captions or any(not isinstance(c, str) or not c.strip() for c in row_captions):
-            raise ValueError(f"row {row} (video_id {video_id!r}) has no caption or an empty one: {row_captions!r}; "
-                             "every video needs at least one non-empty caption")
-
-    section = None
-    if cache_dir is not None:
-        section = EmbeddingStore(cache_dir).section(model_fingerprint(model), processor_signature(processor))
-    encoded = encode_videos(model, processor, videos, batch_size=batch_size, starts=starts, ends=ends,
-                            num_workers=num_workers, store=section, show_progress=show_progress)
-    skipped = [{"video_id": video_ids[p], "video": videos[p], "reason": reason, "num_captions": len(captions[p])}
-               for p, reason in encoded.failed.items()]
-    if not encoded.positions:
-        raise ValueError(f"none of the {len(videos)} videos could be decoded (first: {skipped[0]['reason']})")
-    if skipped:
-        logger.warning("Evaluation skips %d unreadable videos and their %d captions: %s", len(skipped),
-                       sum(s["num_captions"] for s in skipped), ", ".join(s["video_id"] for s in skipped[:10]))
-
-    texts, text_to_video = [], []
-    for column, row in enumerate(encoded.positions):  # column of the kept video in the similarity matrix
-        texts.extend(captions[row])
-        text_to_video.extend([column] * len(captions[row]))
-    text_embeddings = encode_texts(model, processor, texts, batch_size=text_batch_size, store=section,
-                                   show_progress=show_progress)
-    sim = (text_embeddings.float() @ encoded.embeddings.float().T).numpy()  # [n_text, n_video]
-    metrics = compute_retrieval_metrics(sim, np.asarray(text_to_video), dsl=dsl)
-    metrics["num_skipped_videos"] = len(skipped)
-    metrics["num_skipped_captions"] = sum(s["num_captions"] for s in skipped)
-    protocol = "square" if all(len(c) == 1 for c in captions) else "multi-caption"
-    return RetrievalEvaluation(metrics=metrics, protocol=protocol, skipped=skipped)
+    embeddings = embed_split(model, processor, dataset, batch_size=batch_size, cache_dir=cache_dir,
+                             num_workers=num_workers, text_batch_size=text_batch_size, show_progress=show_progress)
+    return score_split(dataset, embeddings, dsl=dsl)
 
 
 def evaluate_retrieval(model, processor, dataset, batch_size: int = 16, cache_dir=None, dsl: bool = False,
@@ -159,7 +208,7 @@ def _format_metric(value: float) -> str:
     return f"{value:.1f}"
 
 
-def results_table(entries: Sequence[dict]) -> str:
+def results_file_table(entries: Sequence[dict]) -> str:
     """Markdown table of evaluation entries (dicts with model, benchmark, config, split, protocol, metrics)."""
     recall_cols = [f"R@{k}" for k in RECALL_KS]
     header = (["Model", "Benchmark", "Split", "Protocol", "Texts", "Videos"]
@@ -231,26 +280,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_split(benchmark: str, data_dir: str, config: str | None, split: str, video_dir: str | None,
-               missing_videos: str, datasets_cache_dir: str | None = None):
-    """`load_benchmark(...)`; for "synthetic", the benchmark is generated in `data_dir` first if absent."""
-    from datasets_scripts.loading import load_benchmark
-
-    if benchmark == "synthetic":
-        from datasets_scripts.synthetic import generate_synthetic, read_manifest
-
-        if read_manifest(data_dir) is None:
-            generate_synthetic(data_dir)
-    return load_benchmark(benchmark, data_dir, config=config, split=split, video_dir=video_dir,
-                          missing_videos=missing_videos, cache_dir=datasets_cache_dir)
 
 
 def main(argv=None) -> dict:
     """Run the evaluation described by the command line; returns the results entry written."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dataset = load_split(args.benchmark, args.data_dir, args.config, args.split, args.video_dir,
-                         args.missing_videos, args.datasets_cache_dir)
+    dataset = load_split(args.benchmark, args.data_dir, args.split, config=args.config, video_dir=args.video_dir,
+                         missing_videos=args.missing_videos, cache_dir=args.datasets_cache_dir)
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     for name in ("num_frames", "max_length"):
         if getattr(args, name) is not None:
@@ -274,7 +311,7 @@ def main(argv=None) -> dict:
     }
     output = Path(args.output)
     entries = update_results_file(output, entry)
-    table = results_table(entries)
+    table = results_file_table(entries)
     output.with_suffix(".md").write_text(table)
     print(table)
     if result.skipped:
