@@ -132,6 +132,8 @@ def _load(model_path: str, device: str, loader: dict | None = None):
 
 
 def _load_index(folder: str) -> VideoIndex:
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: no such index folder")
     try:
         return VideoIndex.load(folder)
     except (FileNotFoundError, ValueError) as err:
@@ -285,6 +287,8 @@ def cmd_serve(args) -> int:
 def cmd_info(args) -> int:
     from .indexing import index_status
 
+    if not os.path.isdir(args.index):
+        raise UserError(f"{args.index}: no such index folder")
     try:
         status = index_status(args.index)
     except (FileNotFoundError, ValueError) as err:

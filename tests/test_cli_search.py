@@ -6,7 +6,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -96,21 +95,26 @@ def test_text_encoder_saved_with_the_index_matches_the_model(indexed):
     assert load_text_encoder(indexed / "index", "another fingerprint") is None  # made for other weights: ignored
 
 
-def test_cold_text_search_loads_neither_transformers_models_nor_the_model_folder(indexed, tmp_path):
+def test_text_search_with_the_saved_text_encoder_loads_no_model_and_hashes_no_weights(indexed, tmp_path, capsys,
+                                                                                       monkeypatch):
+    import modeling_pig.embedding as embedding
+    import modeling_pig.loader as loader
+
     index = tmp_path / "index"
     shutil.copytree(indexed / "index", index)
-    moved = tmp_path / "moved_model"
-    shutil.copytree(indexed / "model", moved)
-    # the index records indexed/model; a text search must not even look at it
-    script = ("import sys, json; from modeling_pig.cli import main; status = main(sys.argv[1:]); "
-              "print(json.dumps([status, sorted(m for m in sys.modules if m.startswith('transformers.models'))]))")
-    done = subprocess.run([sys.executable, "-c", script, "search", str(index), "a red square", "--json"],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr
-    status, loaded = json.loads(done.stdout.strip().splitlines()[-1])
-    assert status == 0 and loaded == []
-    assert json.loads("\n".join(done.stdout.strip().splitlines()[:-1]))[0]["query"] == "a red square"
+    metadata = json.loads((index / "index.json").read_text())
+    metadata["model_path"] = str(tmp_path / "gone")  # the recorded model folder is not even there
+    (index / "index.json").write_text(json.dumps(metadata))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a text search with the index's text encoder must not load or hash the model")
+
+    monkeypatch.setattr(loader, "load_model_and_processor", refuse)
+    monkeypatch.setattr(embedding, "model_fingerprint", refuse)
+    status, out, err = pig(capsys, "search", index, "a red square", "--json", "-k", 4)
+    assert status == 0, err
+    expected = json.loads(pig(capsys, "search", indexed / "index", "a red square", "--json", "-k", 4)[1])
+    assert json.loads(out) == expected
 
 
 def test_weights_are_hashed_only_when_the_model_files_are_not_the_recorded_ones(indexed, tmp_path, monkeypatch):
@@ -122,7 +126,8 @@ def test_weights_are_hashed_only_when_the_model_files_are_not_the_recorded_ones(
     monkeypatch.setattr(embedding, "model_fingerprint", lambda model: calls.append(1) or real(model))
     service = load_search_service(indexed / "index", device="cpu")  # the recorded model, files unchanged
     assert calls == [] and service.model is not None
-    shutil.copytree(indexed / "model", tmp_path / "copy")  # same weights, other files: checked by hashing
+    shutil.copytree(indexed / "model", tmp_path / "copy")
+    os.utime(tmp_path / "copy" / "model.safetensors", ns=(1, 1))  # same weights, other file state: hashed
     load_search_service(indexed / "index", str(tmp_path / "copy"), device="cpu")
     assert calls == [1]
 
