@@ -227,4 +227,7 @@ def test_serve_round_trip_and_concurrent_clients_agree_with_the_library(tmp_path
     assert trip["queries"] == 20 and trip["wrong_answers"] == 0
     assert trip["cache_hits"] == 20 and trip["cache_misses"] == 20  # each query once new, then once from the cache
     assert crowd["clients"] == 8 and crowd["requests"] == 48 and crowd["errors"] == crowd["wrong"] == 0
-    assert table_rows(stdout, "queries")[0][-1] == "0" and results["cold_search"] == []
+    assert trip["library_cpu_ms"] > 0 and trip["http_miss_cpu_ms"] > 0 and results["cold_search"] == []
+    assert [row[0] for row in table_rows(stdout, "path")] == [
+        "library `VideoIndex.search` (embeds the text)", "HTTP `GET /api/search`, cache miss (embeds the text)",
+        "HTTP `GET /api/search`, cache hit"]
