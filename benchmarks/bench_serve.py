@@ -43,7 +43,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_threads_argument, machine_description, markdown_table, resolve_threads, write_json  # noqa: E402,E501
+from _common import (  # noqa: E402
+    add_threads_argument,
+    machine_description,
+    markdown_table,
+    resolve_threads,
+    write_json,
+)
 
 from modeling_pig.embedding import model_fingerprint  # noqa: E402
 from modeling_pig.index import VideoIndex  # noqa: E402

@@ -191,7 +191,8 @@ class SearchService:
         started = time.perf_counter()
         check_k(k)
         vector, kind = self.embed_file(path, name)
-        return {"query": name or os.fspath(path), "query_type": kind, "results": self.search_vectors(vector[None], k)[0],
+        return {"query": name or os.fspath(path), "query_type": kind,
+                "results": self.search_vectors(vector[None], k)[0],
                 "took_ms": round(1000 * (time.perf_counter() - started), 3)}
 
     # -- previews --------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ temporary folder and deleted after the query, and errors are JSON `{"error": ...
 
 import contextlib
 import html
+import json
 import logging
 import mimetypes
 import os
@@ -167,13 +168,16 @@ def create_app(service: SearchService, max_upload_bytes: int = DEFAULT_MAX_UPLOA
         logger.exception("error while answering %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error (details are in the server log)"}, status_code=500)
 
+    def json_response(payload: dict) -> Response:  # plain json.dumps: FastAPI's encoder walks every value again
+        return Response(json.dumps(payload, ensure_ascii=False), media_type="application/json")
+
     @app.get("/healthz")
     def healthz():
-        return service.health()
+        return json_response(service.health())
 
     @app.get("/api/search")
     def search_text(q: str = "", k: str | None = None):
-        return service.search_text(q, _parse_k(k))
+        return json_response(service.search_text(q, _parse_k(k)))
 
     @app.post("/api/search")
     def search_upload(file: UploadFile = File(...), k: str | None = Form(None)):
@@ -186,7 +190,7 @@ def create_app(service: SearchService, max_upload_bytes: int = DEFAULT_MAX_UPLOA
                 shutil.copyfileobj(file.file, out, 2**20)
             if os.path.getsize(path) == 0:
                 raise QueryError(f"{name}: the uploaded file is empty")
-            return service.search_file(path, k, name)
+            return json_response(service.search_file(path, k, name))
         finally:
             os.unlink(path)
             file.file.close()

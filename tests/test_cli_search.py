@@ -11,24 +11,13 @@ import sys
 import pytest
 import torch
 from test_cli import pig, tiny_pig
-from test_serve import COLOURS, write_colour_video
+from test_serve import COLOURS, make_library, write_colour_video
 
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
     """A tiny model folder, four synthetic videos plus a broken one, indexed with `pig index` (in-process)."""
-    from modeling_pig.cli import main
-
-    root = tmp_path_factory.mktemp("cli_search")
-    model, processor = tiny_pig()
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    for name, colour in COLOURS.items():
-        write_colour_video(root / "videos" / name, colour)
-    (root / "videos" / "broken.mp4").write_bytes(b"\x00" * 4096)
-    assert main(["index", str(root / "videos"), "--model", str(root / "model"), "--out", str(root / "index"),
-                 "--recursive", "--num_workers", "0", "--device", "cpu"]) == 0
-    return root
+    return make_library(tmp_path_factory.mktemp("cli_search"))
 
 
 def test_index_lists_each_skipped_video_with_its_path_once(indexed, capsys, tmp_path):

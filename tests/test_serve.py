@@ -42,25 +42,27 @@ def write_colour_video(path: Path, colour, num_frames: int = 12, size=(64, 48)) 
     return path
 
 
-@pytest.fixture(scope="module")
-def library(tmp_path_factory):
-    """Model folder, videos (one broken), a secret file beside them, and the index."""
-    from modeling_pig import PIGModel, PIGProcessor, VideoIndex
+def make_library(root: Path) -> Path:
+    """`root/model` (the tiny random model), `root/videos` (the four videos of COLOURS and a broken one) and
+    `root/index`, built by `pig index` (in this process). Returns root."""
+    from modeling_pig.cli import main
 
-    root = tmp_path_factory.mktemp("serve")
     model, processor = tiny_pig()
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
-    videos = root / "videos"
     for name, colour in COLOURS.items():
-        write_colour_video(videos / name, colour)
-    (videos / "broken.mp4").write_bytes(b"\x00" * 4096)
+        write_colour_video(root / "videos" / name, colour)
+    (root / "videos" / "broken.mp4").write_bytes(b"\x00" * 4096)
+    assert main(["index", str(root / "videos"), "--model", str(root / "model"), "--out", str(root / "index"),
+                 "--recursive", "--num_workers", "0", "--device", "cpu"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """The library of `make_library`, and a secret file beside the videos."""
+    root = make_library(tmp_path_factory.mktemp("serve"))
     (root / "secret.txt").write_text(SECRET)
-    model = PIGModel.from_pretrained(root / "model").eval()  # as the server will load it
-    processor = PIGProcessor.from_pretrained(root / "model")
-    paths = sorted(str(p) for p in videos.rglob("*.mp4"))
-    VideoIndex.build(model, processor, paths, out_dir=root / "index", model_path=str(root / "model"),
-                     show_progress=False)
     return root
 
 
