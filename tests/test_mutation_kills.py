@@ -108,6 +108,11 @@ def test_empty_rank_counts_are_refused():
     ([4, 1, 3, 2], 2),                     # even: the lower of 2 and 3 (torch.median), not 2.5
     ([9, 8, 7, 6, 5, 4, 3, 2, 1, 10], 5),
     ([1, 4, 3, 2, 8, 7, 6, 5], 4),
+    # 65 ranks with repeats, in an order where partitioning around a neighbouring position leaves a wrong value
+    # in the middle slot (numpy's introselect): the median must come from partitioning at the middle itself
+    ([5, 12, 5, 4, 26, 29, 30, 24, 5, 30, 1, 9, 9, 24, 5, 31, 7, 28, 19, 9, 14, 4, 14, 23, 7, 31, 22, 12, 10, 25,
+      13, 31, 15, 23, 29, 31, 8, 14, 23, 14, 10, 20, 29, 15, 13, 25, 17, 10, 29, 20, 22, 27, 4, 28, 5, 1, 32, 9, 1,
+      23, 10, 14, 31, 19, 1], 15),
 ])
 def test_lower_median_is_the_lower_middle_rank(ranks, lower):
     got = metrics_from_ranks(np.array(ranks), "t2v", tie_policy="optimistic", median="lower")
