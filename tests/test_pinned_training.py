@@ -9,17 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import training.train as train_module
 from conftest import SYNTHETIC_ARGS
+from test_train_loop import Interrupted, interrupt_after_checkpoint
 from training.train import main
 
 COMMON = [*SYNTHETIC_ARGS, "--train_batch_size", "4", "--stage1_train_batch_size", "4", "--eval_batch_size", "4",
           "--logging_steps", "1", "--stage", "both", "--stage1_max_train_steps", "2", "--max_train_steps", "2",
           "--checkpointing_steps", "1", "--no_do_final_eval"]
-
-
-class Interrupted(Exception):
-    pass
 
 
 def run_train(output_dir, data_dir, *extra):
@@ -33,16 +29,8 @@ def run_train(output_dir, data_dir, *extra):
 
 def run_until_checkpoint(output_dir, data_dir, stage, step):
     """A run that stops (raises Interrupted) right after saving the checkpoint of `stage` at `step`."""
-    real_save = train_module.save_checkpoint
-
-    def save_then_stop(accelerator, state, directory, limit):
-        path = real_save(accelerator, state, directory, limit)
-        if state.stage == stage and state.step == step:
-            raise Interrupted
-        return path
-
     with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
-        patch.setattr(train_module, "save_checkpoint", save_then_stop)
+        interrupt_after_checkpoint(patch, stage, step)
         run_train(output_dir, data_dir)
 
 
