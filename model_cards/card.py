@@ -14,9 +14,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-# the saved model's minimal card and the trained model's card say the same: feature-extraction (the Hub has no
-# text-to-video *retrieval* pipeline; its `text-to-video` means generation)
-from modeling_pig.model_card import PIPELINE_TAG
+# The Hub metadata (library, pipeline tag, tags) is the library's: the minimal card of `save_pretrained` has it too.
+from modeling_pig.model_card import LIBRARY_NAME, PIPELINE_TAG, TAGS
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 TASK_TYPE = "text-to-video-retrieval"
@@ -113,12 +112,12 @@ def build_model_card(
     card_data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
-        library_name="transformers",
+        library_name=LIBRARY_NAME,
         pipeline_tag=PIPELINE_TAG,
         datasets=list(datasets) or None,
         license="apache-2.0",
         language="en",
-        tags=["video", "text-to-video-retrieval", "pig", "clip", *tags],
+        tags=[*TAGS, *tags],
         eval_results=eval_results(metrics, dataset_type, dataset_name, dataset_split, dataset_config) or None,
     )
     queries = f"{num_queries} text queries" if num_queries is not None else "all captions are queries"

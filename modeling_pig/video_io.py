@@ -109,13 +109,14 @@ _SKIP_NONREF_DECODERS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "
 
 def find_videos(folder: str | os.PathLike, recursive: bool = False,
                 extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[str]:
-    """Absolute paths of the video files in `folder` (by extension, case-insensitive), sorted."""
+    """Absolute paths of the video files in `folder` (by extension, case-insensitive), sorted. Symbolic links
+    keep their own names (two links to one file are two paths; `VideoIndex.build` indexes the file once)."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"{folder}: not a folder")
     extensions = tuple(e.lower() for e in extensions)
     pattern = root.rglob("*") if recursive else root.glob("*")
-    return sorted(str(p.resolve()) for p in pattern if p.is_file() and p.suffix.lower() in extensions)
+    return sorted(os.path.abspath(p) for p in pattern if p.is_file() and p.suffix.lower() in extensions)
 
 
 def sample_frame_indices(

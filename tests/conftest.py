@@ -112,3 +112,9 @@ def synthetic_benchmark(tmp_path_factory):
     from datasets_scripts.synthetic import generate_synthetic
 
     return generate_synthetic(tmp_path_factory.mktemp("synthetic") / "data", progress=False, **SYNTHETIC_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(synthetic_benchmark):
+    """The name the training tests use for `synthetic_benchmark`."""
+    return synthetic_benchmark

@@ -1,6 +1,7 @@
 """The `pig` console script end to end, in-process through `main` (plus one subprocess smoke test of the
 installed entry point), with a tiny random PIG model saved to disk."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,21 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_pig_config
+from helpers import tiny_pig
 
 from modeling_pig.cli import format_results, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_pig(seed: int = 0):
-    """A tiny random PIGModel + PIGProcessor (4 frames of 32 px; the real CLIP tokenizer, so the tiny text
-    tower gets CLIP's vocabulary size and special ids)."""
-    from modeling_pig import PIGModel, PIGProcessor
-
-    torch.manual_seed(seed)
-    model = PIGModel(tiny_pig_config(real_vocabulary=True, num_frames=4, its_top_k=4)).eval()
-    return model, PIGProcessor(num_frames=4, image_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +61,8 @@ def test_pig_index_then_search_end_to_end(tiny_model_dir, shared_videos, tmp_pat
     assert status == 0, stderr
     assert "indexed 2 of 3 videos" in stdout
     assert "1 unreadable video(s) skipped" in stdout and "broken.mp4" in stdout
-    assert (out / "index.json").is_file() and (out / "embeddings.safetensors").is_file()
+    meta = json.loads((out / "index.json").read_text())
+    assert (out / meta["files"]["vectors"]).is_file() and (out / meta["files"]["videos"]).is_dir()
 
     status, stdout, stderr = pig(capsys, "search", out, "a man talks in a car", "a smiling face", "-k", 2,
                                  "--device", "cpu")
@@ -116,7 +108,7 @@ def test_index_of_an_empty_folder_fails_clearly(tmp_path, capsys):
     assert status == 2 and stderr.strip() == f"error: no video files in {tmp_path / 'empty'} (try --recursive)"
 
 
-def test_user_mistakes_are_one_line_and_exit_status_2(tmp_path, shared_videos, capsys):
+def test_user_mistakes_are_one_line_and_exit_status_2(tiny_model_dir, tmp_path, shared_videos, capsys):
     (tmp_path / "videos").mkdir()
     shutil.copy(shared_videos[0], tmp_path / "videos" / "a.mp4")
     cases = {
@@ -129,5 +121,11 @@ def test_user_mistakes_are_one_line_and_exit_status_2(tmp_path, shared_videos, c
         status, _, stderr = pig(capsys, *args)
         assert status == 2 and expected in stderr, (args, stderr)
         assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    shutil.copytree(tiny_model_dir, tmp_path / "bad_model")
+    (tmp_path / "bad_model" / "config.json").write_text(json.dumps({**config, "its_top_k": -1}))
+    status, _, stderr = pig(capsys, "index", tmp_path / "videos", "--model", tmp_path / "bad_model", "--out",
+                            tmp_path / "i")
+    assert status == 2 and "its_top_k" in stderr and len(stderr.strip().splitlines()) == 1, stderr
     status, _, stderr = pig(capsys, "search")  # argparse's own usage error
     assert status == 2 and "usage: pig" in stderr

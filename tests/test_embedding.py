@@ -1,16 +1,16 @@
 """The embedding store: keys, signatures, crash-safe shards, compaction, text and video encoding through it."""
 
 import torch
-from test_retrieval import FakeModel, FakeProcessor
+from helpers import FakeModel, FakeProcessor
 
 from modeling_pig.embedding import (
     EmbeddingStore,
-    encode_texts,
     model_fingerprint,
     processor_signature,
     text_signature,
     video_signature,
 )
+from modeling_pig.encoding import encode_texts
 
 
 def section_of(store, model=None, processor=None):

@@ -6,10 +6,9 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from test_cli import tiny_pig
-from test_retrieval import FakeModel, FakeProcessor
+from helpers import FakeModel, FakeProcessor, tiny_pig
 
-from modeling_pig.embedding import encode_videos
+from modeling_pig.encoding import encode_videos
 from modeling_pig.metrics import compute_retrieval_metrics
 from modeling_pig.video_io import read_video_frames
 from training.eval_retrieval import (

@@ -10,7 +10,7 @@ import datasets
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_cli import tiny_pig
+from helpers import tiny_pig
 
 from training.args import parse_args
 from training.eval_retrieval import evaluate_retrieval

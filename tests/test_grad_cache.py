@@ -4,8 +4,7 @@ with dropout replayed; train.py with --grad_cache_chunk_size takes the same step
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_modeling_pig import build_model, one_torch_thread, random_inputs  # noqa: F401
-from test_train_loop import run_train, synthetic_dir, tiny_argv  # noqa: F401
+from helpers import build_model, one_torch_thread, random_inputs, run_train, tiny_argv  # noqa: F401
 
 from training.grad_cache import GradCache
 
@@ -100,7 +99,7 @@ def test_backward_without_forward_is_an_error(accelerator):
         cache.backward(torch.zeros((), requires_grad=True))
 
 
-def test_train_py_with_chunks_takes_the_same_steps_as_without(tmp_path, synthetic_dir):  # noqa: F811
+def test_train_py_with_chunks_takes_the_same_steps_as_without(tmp_path, synthetic_dir):
     common = ["--stage", "2", "--train_batch_size", "4", "--max_train_steps", "3", "--no_do_final_eval",
               "--disable_dropout", "--warmup_ratio", "0"]
     plain, chunked = tmp_path / "plain", tmp_path / "chunked"

@@ -1,13 +1,14 @@
 """PIGModel behaviour on tiny random CLIP configs: shapes, attention pattern, ITS, losses, baselines, init.
 
-The helpers at the top (`build_model`, `random_inputs`; the config is conftest's `tiny_pig_config`) are shared by the other
-`test_modeling_pig_*.py` files.
+The model helpers (`build_model`, `random_inputs`, `vip_input_states`) live in tests/helpers.py; the config is
+conftest's `tiny_pig_config`.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import IMAGE_SIZE, NUM_FRAMES, TOP_K, tiny_clip_config_dict, tiny_pig_config
+from helpers import build_model, one_torch_thread, random_inputs, vip_input_states  # noqa: F401
 from huggingface_hub.errors import StrictDataclassError
 from transformers import CLIPConfig, CLIPModel
 
@@ -20,25 +21,6 @@ from modeling_pig.modeling_pig import (
     PIGViPEncoderLayer,
 )
 
-def build_model(seed: int = 0, **overrides) -> PIGModel:
-    torch.manual_seed(seed)
-    return PIGModel(tiny_pig_config(**overrides)).eval()
-
-
-def random_inputs(n_text: int = 2, n_video: int = 2, num_frames: int = NUM_FRAMES, seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, 97, (n_text, 7), generator=generator)
-    input_ids[:, 0], input_ids[:, -1] = 97, 98  # bos ... eos (eos pooling)
-    pixel_values = torch.randn(n_video, num_frames, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixel_values}
-
-
-def vip_input_states(model: PIGModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The ViP sequence entering the first vision layer (after CLIP's pre-LN)."""
-    vision = model.clip.vision_model
-    return vision.pre_layrnorm(model.vip(pixel_values, vision.embeddings))
-
-
 def vip_reference_mask(num_global: int, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
     """The additive [1, 1, S, S] mask of §2.4: globals see all, frame tokens see globals + their own frame."""
     seq_len = num_global + num_frames * tokens_per_frame
@@ -50,15 +32,6 @@ def vip_reference_mask(num_global: int, num_frames: int, tokens_per_frame: int) 
     return mask[None, None]
 
 
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on 2 shared cores: one intra-op thread is ~100x faster than two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ------------------------------------------------------------------------------------------------------- shapes

@@ -11,7 +11,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_modeling_pig import build_model, one_torch_thread, random_inputs  # noqa: F401
+from helpers import build_model, one_torch_thread, random_inputs  # noqa: F401
 
 WORLD_SIZE = 2
 BATCH = 4

@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_clip_config_dict
-from test_modeling_pig import NUM_FRAMES, TOP_K, build_model, one_torch_thread, random_inputs  # noqa: F401
+from conftest import NUM_FRAMES, TOP_K, tiny_clip_config_dict
+from helpers import build_model, one_torch_thread, random_inputs  # noqa: F401
 from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel
 
 from modeling_pig import PIGConfig, PIGModel

@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES, tiny_clip_config_dict
-from test_modeling_pig import NUM_FRAMES, build_model, random_inputs, tiny_pig_config, vip_input_states
+from conftest import FIXTURES, NUM_FRAMES, tiny_clip_config_dict, tiny_pig_config
+from helpers import build_model, random_inputs, vip_input_states
 from transformers import CLIPModel
 
 from modeling_pig import PIGModel

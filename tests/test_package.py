@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 import torch
-from test_modeling_pig import build_model, random_inputs
+from helpers import build_model, random_inputs
 
 FRESH = textwrap.dedent(
     """

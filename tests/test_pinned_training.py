@@ -9,22 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SYNTHETIC_ARGS
-from test_train_loop import Interrupted, interrupt_after_checkpoint
-from training.train import main
+from helpers import Interrupted, interrupt_after_checkpoint, tiny_argv
+from helpers import run_train as run_main
 
-COMMON = [*SYNTHETIC_ARGS, "--train_batch_size", "4", "--stage1_train_batch_size", "4", "--eval_batch_size", "4",
-          "--logging_steps", "1", "--stage", "both", "--stage1_max_train_steps", "2", "--max_train_steps", "2",
-          "--checkpointing_steps", "1", "--no_do_final_eval"]
+COMMON = ["--stage", "both", "--stage1_max_train_steps", "2", "--max_train_steps", "2", "--checkpointing_steps", "1",
+          "--no_do_final_eval"]
 
 
 def run_train(output_dir, data_dir, *extra):
-    """training.train.main with a fresh accelerate state (several runs share this process)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return main(["--output_dir", str(output_dir), "--data_dir", str(data_dir), *COMMON, *extra])
+    return run_main(tiny_argv(output_dir, data_dir, *COMMON, *extra))
 
 
 def run_until_checkpoint(output_dir, data_dir, stage, step):

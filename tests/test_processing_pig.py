@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_video_io import write_video  # tests/ is on sys.path (no __init__.py: pytest's default import mode)
+from helpers import write_video  # tests/ is on sys.path (no __init__.py: pytest's default import mode)
 from transformers import AutoProcessor
 
 from modeling_pig import PIGProcessor, PIGVideoProcessor

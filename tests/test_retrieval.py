@@ -8,69 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import FakeModel, FakeProcessor
 
-from modeling_pig.embedding import EmbeddingStore, encode_texts, encode_videos, model_fingerprint
+from modeling_pig.embedding import EmbeddingStore, model_fingerprint
+from modeling_pig.encoding import encode_texts, encode_videos
 from modeling_pig.index import INDEX_STORE_DIR, VideoIndex, exact_search
 from modeling_pig.video_io import find_videos, read_video_frames
-
-# ----------------------------------------------------------------------------------------------------------
-# A small stand-in for PIGModel / PIGProcessor with the agreed interface (also used by test_evaluate.py):
-# video embedding = a fixed random projection of per-channel frame statistics, text embedding = bag of bytes.
-
-
-class FakeProcessor:
-    """`num_frames`, `load_video`, `__call__(text=..., videos=[uint8 [T, H, W, 3]])` like PIGProcessor, 8x8 frames."""
-
-    def __init__(self, num_frames=2):
-        self.num_frames = num_frames
-
-    def to_dict(self):
-        return {"num_frames": self.num_frames, "size": 8}
-
-    def load_video(self, path, mode="test", start=None, end=None):
-        frames = read_video_frames(path, num_frames=self.num_frames, mode=mode, start=start, end=end)
-        return self(videos=[frames])["pixel_values"][0]  # [T, 3, 8, 8]
-
-    def __call__(self, text=None, videos=None, return_tensors="pt"):
-        out = {}
-        if text is not None:
-            ids = torch.zeros(len(text), 16, dtype=torch.long)
-            mask = torch.zeros(len(text), 16, dtype=torch.long)
-            for i, t in enumerate(text):
-                codes = list(t.encode())[:16]
-                ids[i, :len(codes)] = torch.tensor(codes)
-                mask[i, :len(codes)] = 1
-            out.update(input_ids=ids, attention_mask=mask)
-        if videos is not None:
-            stacked = []
-            for frames in videos:
-                assert frames.dtype == np.uint8 and frames.shape[0] == self.num_frames
-                h, w = frames.shape[1:3]
-                rows = np.linspace(0, h - 1, 8).astype(int)
-                cols = np.linspace(0, w - 1, 8).astype(int)
-                small = frames[:, rows][:, :, cols]  # [T, 8, 8, 3]
-                stacked.append(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 255.0)  # [T, 3, 8, 8]
-            out["pixel_values"] = torch.stack(stacked)
-        return out
-
-
-class FakeModel(torch.nn.Module):
-    def __init__(self, dim=8, seed=0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.video_proj = torch.nn.Parameter(torch.randn(3 * 8 * 8, dim, generator=generator))
-        self.token_emb = torch.nn.Parameter(torch.randn(256, dim, generator=generator))
-        self.video_calls = 0
-
-    def get_video_features(self, pixel_values):
-        self.video_calls += 1
-        pooled = pixel_values.mean(dim=1).flatten(1)  # [B, 3*8*8]
-        return types.SimpleNamespace(pooler_output=(pooled - pooled.mean(dim=1, keepdim=True)) @ self.video_proj)
-
-    def get_text_features(self, input_ids, attention_mask):
-        emb = self.token_emb[input_ids] * attention_mask[..., None]  # [B, L, D]
-        return types.SimpleNamespace(pooler_output=emb.sum(dim=1))
-
 
 @pytest.fixture
 def fake():
@@ -184,7 +127,7 @@ def test_save_load_gives_identical_results(tmp_path, backend):
 
 def test_build_indexes_real_videos_and_reports_corrupt_file(fake, videos_with_corrupt, caplog):
     model, processor = fake
-    with caplog.at_level(logging.WARNING, logger="modeling_pig.embedding"):
+    with caplog.at_level(logging.WARNING, logger="modeling_pig.encoding"):
         index = VideoIndex.build(model, processor, videos_with_corrupt, batch_size=2, show_progress=False)
     assert len(index) == 3 and index.paths == videos_with_corrupt[:3]
     assert list(index.failed) == [videos_with_corrupt[3]]
@@ -327,7 +270,14 @@ def test_encode_texts_is_normalised_and_validates(fake):
         encode_texts(model, processor, "one string", show_progress=False)
 
 
-def test_index_json_is_plain_json(tmp_path):
-    VideoIndex(torch.eye(2), ["a", "b"]).save(tmp_path)
+def test_index_folder_is_plain_json_numpy_and_arrow(tmp_path):
+    import datasets
+
+    VideoIndex(torch.eye(2), ["a", "b"], failed={"c": "broken"}).save(tmp_path)
     meta = json.loads((tmp_path / "index.json").read_text())
-    assert meta["paths"] == ["a", "b"] and meta["backend"] == "exact" and meta["dim"] == 2
+    assert meta["backend"] == "exact" and meta["dim"] == 2 and meta["num_videos"] == 2 and meta["num_failed"] == 1
+    vectors = np.load(tmp_path / meta["files"]["vectors"])
+    assert vectors.dtype == np.float16 and vectors.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    table = datasets.load_from_disk(str(tmp_path / meta["files"]["videos"]))
+    assert table["path"][:] == ["a", "b", "c"] and table["status"][:] == ["indexed", "indexed", "failed"]
+    assert table["detail"][2] == "broken"

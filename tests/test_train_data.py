@@ -7,19 +7,11 @@ import shutil
 import datasets
 import numpy as np
 import pytest
+from conftest import SYNTHETIC_ARGS, SYNTHETIC_PARAMS
 from PIL import Image
 
 from training.args import parse_args
 from training.data import EpochSampler, ImageCaptionDataset, TrainCollator, VideoCaptionDataset, stage1_dataset
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    from datasets_scripts.synthetic import generate_synthetic
-
-    folder = tmp_path_factory.mktemp("synthetic") / "data"
-    generate_synthetic(folder, seed=0, num_train=4, num_test=4, num_images=4, progress=False)
-    return folder
 
 
 @pytest.fixture()
@@ -38,10 +30,9 @@ def _image_rows(synthetic_dir):
 
 def test_stage1_on_benchmark_videos_reads_one_frame_per_video(synthetic_dir, accelerator):
     args = parse_args(["--stage1_dataset", "synthetic", "--stage1_split", "train",
-                       "--stage1_data_dir", str(synthetic_dir), "--synthetic_num_train", "4",
-                       "--synthetic_num_test", "4", "--synthetic_num_images", "4"])
+                       "--stage1_data_dir", str(synthetic_dir), *SYNTHETIC_ARGS])
     data = stage1_dataset(args, accelerator)
-    assert isinstance(data, VideoCaptionDataset) and len(data) == 4
+    assert isinstance(data, VideoCaptionDataset) and len(data) == SYNTHETIC_PARAMS["num_train"]
     item = data[(0, 0)]
     assert item["ok"] and item["frames"].shape == (1, 64, 64, 3) and item["frames"].dtype == np.uint8
     assert item["caption"] in data.rows[0]["captions"]
@@ -58,7 +49,7 @@ def test_stage1_on_an_imagefolder_with_metadata(synthetic_dir, tmp_path, acceler
     args = parse_args(["--stage1_dataset", "imagefolder", "--stage1_data_dir", str(folder),
                        "--stage1_split", "train"])
     data = stage1_dataset(args, accelerator)
-    assert isinstance(data, ImageCaptionDataset) and len(data) == 4
+    assert isinstance(data, ImageCaptionDataset) and len(data) == SYNTHETIC_PARAMS["num_images"]
     captions = {row["captions"][0] for row in _image_rows(synthetic_dir)}
     item = data[(0, 2)]
     assert item["ok"] and item["frames"].shape == (1, 64, 64, 3) and item["caption"] in captions
@@ -76,7 +67,7 @@ def test_stage1_on_any_image_text_dataset_folder_with_list_captions(synthetic_di
     args = parse_args(["--stage1_dataset", str(folder), "--stage1_split", "train",
                        "--stage1_image_column", "picture", "--stage1_caption_column", "sentences"])
     data = stage1_dataset(args, accelerator)
-    assert len(data) == 4
+    assert len(data) == SYNTHETIC_PARAMS["num_images"]
     expected = np.asarray(Image.open(synthetic_dir / rows[1]["relative_path"]).convert("RGB"))
     item = data[(0, 1)]
     assert np.array_equal(item["frames"][0], expected) and item["caption"] in rows[1]["captions"]

@@ -14,24 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SYNTHETIC_ARGS
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "training" / "train.py"
 
 
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    from datasets_scripts.synthetic import generate_synthetic
-
-    folder = tmp_path_factory.mktemp("synthetic") / "data"
-    generate_synthetic(folder, seed=0, num_train=8, num_test=4, num_images=4, progress=False)
-    return folder
-
-
 def _argv(output_dir, data_dir, steps=1):
     return [str(TRAIN), "--output_dir", str(output_dir), "--data_dir", str(data_dir),
-            "--synthetic_num_train", "8", "--synthetic_num_test", "4", "--synthetic_num_images", "4",
+            *SYNTHETIC_ARGS,
             "--stage", "2", "--train_batch_size", "8", "--max_train_steps", str(steps), "--warmup_ratio", "0",
             "--disable_dropout", "--no_do_final_eval", "--dataloader_num_workers", "0", "--logging_steps", "1"]
 

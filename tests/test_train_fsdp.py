@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
-from test_modeling_pig import build_model, random_inputs
+from helpers import build_model, random_inputs
 
 from training.sharding import restore_scalar_shapes, vectorize_scalar_parameters
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import Interrupted, interrupt_after_checkpoint, run_train, tiny_argv
 from safetensors.torch import load_file
 
 import model_cards.hub as hub_module
@@ -16,34 +17,6 @@ import training.train as train_module
 from training.args import parse_args
 from training.model import build_model, load_generator_weights
 from training.optimization import NonFiniteLossError
-from training.train import main
-
-SYNTHETIC = ["--synthetic_num_train", "8", "--synthetic_num_test", "4", "--synthetic_num_images", "8"]
-
-
-def run_train(argv):
-    """main() with a fresh accelerate state (several runs share this process)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return main(argv)
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    from datasets_scripts.synthetic import generate_synthetic
-
-    folder = tmp_path_factory.mktemp("synthetic") / "data"
-    generate_synthetic(folder, seed=0, num_train=8, num_test=4, num_images=8, progress=False)
-    return folder
-
-
-def tiny_argv(output_dir, data_dir, *extra):
-    return ["--output_dir", str(output_dir), "--data_dir", str(data_dir), *SYNTHETIC,
-            "--train_batch_size", "4", "--stage1_train_batch_size", "4", "--eval_batch_size", "4",
-            "--logging_steps", "1", *extra]
-
 
 class FakeHfApi:
     """Records the Hub calls train.py makes and what the folder held at upload time."""
@@ -204,23 +177,6 @@ def test_push_uploads_model_processor_and_card_but_not_checkpoints(demo_run):
     assert "stage1/**" in upload["ignore_patterns"] and "checkpoints/**" in upload["ignore_patterns"]
     assert "someone/pig-tiny" in (out / "README.md").read_text()
     assert summary["hub_commit"] == "https://hub.example/commit/1"
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_after_checkpoint(monkeypatch, stage, step):
-    """Make the run stop (raise Interrupted) right after it saved the checkpoint of `stage` at `step`."""
-    real_save = train_module.save_checkpoint
-
-    def save_then_stop(accelerator, state, directory, limit):
-        path = real_save(accelerator, state, directory, limit)
-        if state.stage == stage and state.step == step:
-            raise Interrupted
-        return path
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
 
 
 def test_resume_from_checkpoint_gives_the_same_weights_as_a_straight_run(tmp_path, synthetic_dir, monkeypatch):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import NUM_FRAMES, tiny_pig_config
-from test_modeling_pig import build_model, random_inputs
+from helpers import build_model, random_inputs
 from transformers import pipeline
 
 from modeling_pig import PIGModel, PIGProcessor

@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import encode_silence, write_video
 
 from modeling_pig.video_io import (
     SEEK_MIN_SKIPPED_PACKETS,
@@ -21,56 +22,6 @@ from modeling_pig.video_io import (
     read_video_frames,
     sample_frame_indices,
 )
-
-# --------------------------------------------------------------------------------------------------------------
-# helpers shared with tests/test_processing_pig.py
-
-
-def write_video(path, num_frames=24, size=(64, 48), fps=25, codec="libx264", container_format=None, audio=False,
-                gop=None, codec_options=None, container_options=None, frame_pts_ms=None):
-    """Write a small synthetic video with PyAV; frame i has its own colour and a bar whose width grows with i.
-
-    `frame_pts_ms` gives per-frame timestamps in milliseconds (variable frame rate).
-    """
-    width, height = size
-    with av.open(str(path), "w", format=container_format, options=container_options or {}) as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        options = dict(codec_options or {})
-        if codec == "libx265":
-            options.setdefault("x265-params", "log-level=error")
-        stream.options = options
-        if gop:
-            stream.codec_context.gop_size = gop
-        if frame_pts_ms is not None:
-            stream.codec_context.time_base = fractions.Fraction(1, 1000)
-        audio_stream = container.add_stream("aac", rate=16000) if audio else None
-        for i in range(num_frames):
-            image = np.zeros((height, width, 3), np.uint8)
-            image[..., 0] = (i * 37) % 256
-            image[:, : (i * 3) % width + 1, 1] = 220
-            image[..., 2] = (np.arange(width)[None, :] * 4) % 256
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            if frame_pts_ms is not None:
-                frame.pts, frame.time_base = frame_pts_ms[i], fractions.Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-        if audio_stream is not None:
-            _encode_silence(container, audio_stream)
-    return Path(path)
-
-
-def _encode_silence(container, audio_stream, num_blocks=5):
-    for j in range(num_blocks):
-        block = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        block.sample_rate, block.pts = 16000, j * 1024
-        for packet in audio_stream.encode(block):
-            container.mux(packet)
-    for packet in audio_stream.encode():
-        container.mux(packet)
-
 
 def write_h264_with_bframes(path, num_frames=40, pts_from_dts=False, trailing_empty_packets=0):
     """H.264 with B-frames (a panning noise image), optionally muxed the way OpenCV's writer does it.
@@ -377,7 +328,7 @@ def test_a_still_image_is_a_one_frame_video(tmp_path, suffix):
 
 def _audio_only(path):
     with av.open(str(path), "w") as container:
-        _encode_silence(container, container.add_stream("aac", rate=16000))
+        encode_silence(container, container.add_stream("aac", rate=16000))
     return path
 
 
