@@ -15,7 +15,7 @@ def _losses(folder):
     return [json.loads(line)["loss"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_bf16_autocast_losses_are_finite_and_close_to_float32(tmp_path, synthetic_dir):  # noqa: F811
+def test_bf16_autocast_losses_are_finite_and_close_to_float32(tmp_path, synthetic_dir):
     common = ["--stage", "2", "--train_batch_size", "4", "--max_train_steps", "4", "--no_do_final_eval",
               "--disable_dropout", "--warmup_ratio", "0"]
     fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
