@@ -50,6 +50,7 @@ DEFAULT_FAISS_THRESHOLD = 100_000
 # "auto" uses IVF-PQ from this many vectors (256 centroids per sub-quantizer x 39 training points), IVF below.
 AUTO_PQ_MIN_VECTORS = 256 * 39
 _GENERATION_PREFIXES = ("vectors-", "videos-", "search-")
+_FORMAT_1 = ("embeddings.safetensors", "faiss.index", "build_checkpoint")  # replaced when a format-2 index is saved
 
 
 class VideoIndex:
@@ -360,8 +361,8 @@ class VideoIndex:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        previous = read_metadata(out) if (out / INDEX_METADATA_FILE).is_file() else None
-        generation = f"g{int(previous['generation'][1:]) + 1 if previous and 'generation' in previous else 1:06d}"
+        previous = json.loads((out / INDEX_METADATA_FILE).read_text()) if (out / INDEX_METADATA_FILE).is_file() else {}
+        generation = f"g{int(previous['generation'][1:]) + 1 if 'generation' in previous else 1:06d}"
         files = {"vectors": f"vectors-{generation}.npy", "videos": f"videos-{generation}"}
         with open(out / files["vectors"], "wb") as handle:
             np.save(handle, self.embeddings.numpy())
@@ -381,7 +382,7 @@ class VideoIndex:
         atomic_write_text(out / INDEX_METADATA_FILE,
                           json.dumps({**self.metadata(), "generation": generation, "files": files}, indent=1))
         for path in out.iterdir():  # the previous generation's files; a reader that has them open keeps them
-            if path.name.startswith(_GENERATION_PREFIXES) and generation not in path.name:
+            if (path.name.startswith(_GENERATION_PREFIXES) and generation not in path.name) or path.name in _FORMAT_1:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     @classmethod

@@ -305,3 +305,12 @@ def test_bfloat16_model_gives_close_vectors(video_dir, model_dir):
     full = encode_videos(model32, processor, paths, show_progress=False).embeddings
     half = encode_videos(model16, processor, paths, show_progress=False).embeddings
     assert half.dtype == torch.float32 and F.cosine_similarity(full, half).min() > 0.99
+
+
+def test_a_format_1_index_folder_is_replaced_by_a_new_build(tmp_path):
+    (tmp_path / "index.json").write_text(json.dumps({"format": 1, "paths": ["a"]}))
+    (tmp_path / "embeddings.safetensors").write_bytes(b"old")
+    with pytest.raises(ValueError, match="index format 1, this version reads 2"):
+        VideoIndex.load(tmp_path)
+    VideoIndex(torch.eye(2), ["a", "b"]).save(tmp_path)
+    assert not (tmp_path / "embeddings.safetensors").exists() and VideoIndex.load(tmp_path).paths == ["a", "b"]
