@@ -1,8 +1,10 @@
-"""`pig`: index a folder of videos and search it by text.
+"""`pig`: index a folder of videos, search it by text or by example, serve it over HTTP.
 
     pig index VIDEO_DIR --model MODEL --out INDEX [--recursive] [--batch_size 16] [--num_workers 2]
     accelerate launch --num_processes N -m modeling_pig.cli index VIDEO_DIR --model MODEL --out INDEX
-    pig search INDEX "a man plays a guitar" [-k 5]
+    pig search INDEX "a man plays a guitar" ["a dog runs" ...] [-k 5] [--json]
+    pig search INDEX --image photo.jpg --video clip.mp4 --queries_file queries.txt   (- : standard input)
+    pig serve INDEX [--model M] [--host 127.0.0.1] [--port 7860]
     pig info INDEX [--json]
     pig convert --from pig|fpig|clip-vip|clip4clip CHECKPOINT --out DIR [--clip CLIP] [--config CONFIG.json]
 
@@ -10,7 +12,9 @@
 after an interruption, SIGTERM and Ctrl-C included; rerun it after adding or deleting videos to update the
 index), skips and lists unreadable files, and writes the index folder (see `modeling_pig.index.VideoIndex`).
 MODEL is a PIG checkpoint or any CLIP checkpoint (then the zero-shot CLIP4Clip meanP model is built from it).
-The index records the model, so `search` embeds the query with the same model's text tower.
+The index records the model, so `search` embeds the query with the same model's text tower; `index` (and the
+first search that loads the model) also saves that text tower on its own in the folder (`query_encoder`), so
+that a text search loads neither transformers' models nor the model. `serve` is `modeling_pig.server`.
 
 `main(argv)` runs one command in the calling process and returns its exit status: 0; 2 with one line on stderr
 naming what was wrong for a user mistake (missing folder, not an index, unknown model, a build already
@@ -23,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,7 +38,9 @@ from .convert import add_convert_parser, run_convert
 from .encoding import sigterm_raises
 from .index import DEFAULT_FAISS_THRESHOLD, VideoIndex
 from .loader import DTYPES, load_model_and_processor, loader_spec, model_source_signature
+from .query_encoder import save_text_encoder
 from .search_backends import backend_names
+from .search_service import QueryError, SearchSetupError, load_search_service
 from .video_io import find_videos
 
 logger = logging.getLogger("modeling_pig.cli")
@@ -79,14 +86,29 @@ def _build_parser() -> argparse.ArgumentParser:
     index.add_argument("--device", default=None, help="default: cuda when available (each process its own "
                                                       "device under accelerate launch), else cpu")
 
-    search = sub.add_parser("search", help="search an index by text",
+    search = sub.add_parser("search", help="search an index by text, or by an example image or video",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     search.add_argument("index", help="index folder written by `pig index`")
-    search.add_argument("query", nargs="+", help="one or more text queries")
+    search.add_argument("query", nargs="*", help="text queries")
+    search.add_argument("--queries_file", default=None, metavar="FILE",
+                        help="also the text queries of this file, one per line ('-': standard input)")
+    search.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="find the videos closest to this image (repeatable)")
+    search.add_argument("--video", action="append", default=[], metavar="PATH",
+                        help="find the videos closest to this video (repeatable)")
     search.add_argument("-k", type=int, default=5, help="results per query")
+    search.add_argument("--json", action="store_true",
+                        help='print JSON: [{"query", "query_type", "results": [{"path", "score"}]}]')
     search.add_argument("--model", default=None, help="override the model path recorded in the index "
                                                       "(must hold the same weights)")
     search.add_argument("--device", default=_default_device())
+
+    from .server import add_serve_arguments
+
+    serve = sub.add_parser("serve", help="search an index from a browser or over HTTP (JSON API)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_serve_arguments(serve)
+    serve.add_argument("--device", default=_default_device())
 
     info = sub.add_parser("info", help="describe an index or a build in progress (size, status, failures, recall)")
     info.add_argument("index")
@@ -111,6 +133,8 @@ def _load(model_path: str, device: str, loader: dict | None = None):
 
 
 def _load_index(folder: str) -> VideoIndex:
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: no such index folder")
     try:
         return VideoIndex.load(folder)
     except (FileNotFoundError, ValueError) as err:
@@ -122,7 +146,7 @@ def _print_listed(title: str, items: dict, limit: int = 20) -> None:
         return
     print(f"{len(items)} {title}:")
     for path, detail in list(items.items())[:limit]:
-        print(f"  {path}: {detail}")
+        print(f"  {detail}" if detail.startswith(f"{path}: ") else f"  {path}: {detail}")  # the path once
     if len(items) > limit:
         print(f"  ... and {len(items) - limit} more (`pig info --json` and the index's videos table list them)")
 
@@ -167,6 +191,7 @@ def cmd_index(args) -> int:
     if loader["kind"] == "clip-meanp":
         logger.info("%s is a CLIP checkpoint: indexing with the zero-shot CLIP4Clip meanP model built from it "
                     "(%d frames per video)", model_path, loader["num_frames"])
+    new_folder = not os.path.exists(args.out)
     try:
         index = VideoIndex.build(
             model, processor, paths, batch_size=args.batch_size, num_workers=args.num_workers, out_dir=args.out,
@@ -175,8 +200,13 @@ def cmd_index(args) -> int:
             flush_every=args.flush_every, state=state, **dict(args.backend_params))
     except IndexLockedError as err:
         raise UserError(str(err)) from err
+    except ValueError as err:  # none of the videos could be decoded
+        if new_folder and (state is None or state.is_main_process):  # nothing to resume: leave nothing behind
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise UserError(f"{args.video_dir}: {err}") from err
     if index is None:  # not the main process: it wrote its share into the store
         return 0
+    save_text_encoder(model, processor, args.out, index.model_fingerprint)  # cold text searches skip the model
     report = index.build_report
     processes = f", {report['num_processes']} processes" if report["num_processes"] > 1 else ""
     print(f"indexed {len(index)} of {report['total']} videos into {args.out} ({report['embedded_now']} embedded "
@@ -194,30 +224,72 @@ def format_results(query: str, results: list[tuple[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _text_queries(args) -> list[str]:
+    texts = list(args.query)
+    for position, text in enumerate(texts, 1):
+        if not text.strip():
+            raise UserError(f"text query {position} is empty")
+    if args.queries_file is not None:
+        if args.queries_file == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            try:
+                lines = Path(args.queries_file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise UserError(f"--queries_file {args.queries_file}: cannot read it ({err})") from err
+        texts += [line.strip() for line in lines if line.strip()]  # blank lines separate nothing
+    return texts
+
+
 def cmd_search(args) -> int:
     if args.k < 1:
         raise UserError("-k must be >= 1")
-    index = _load_index(args.index)
-    if args.model:
+    texts = _text_queries(args)
+    examples = [(path, "image") for path in args.image] + [(path, "video") for path in args.video]
+    for path, kind in examples:
+        if not os.path.isfile(path):
+            raise UserError(f"--{kind} {path}: no such file")
+    if not texts and not examples:
+        raise UserError("no query: give text queries, --queries_file, --image or --video")
+    try:  # text only: the index's own text encoder when it has one (no model, no transformers import)
+        service = load_search_service(args.index, args.model, args.device, need_model=bool(examples))
+    except SearchSetupError as err:
+        raise UserError(str(err)) from err
+    answers = []
+    if texts:
+        for text, results in zip(texts, service.search_vectors(service.embed_texts(texts), args.k, urls=False)):
+            answers.append({"query": text, "query_type": "text", "results": results})
+    for path, kind in examples:
         try:
-            index.attach_model(*_load(args.model, args.device))  # refuses other weights than the index's
-        except ValueError as err:
-            raise UserError(str(err)) from err
-    elif not index.model_path:
-        raise UserError(f"{args.index}: the index records no model; pass --model")
+            vector, found = service.embed_file(path)
+        except QueryError as err:
+            raise UserError(f"--{kind} {err}") from err
+        if found != kind:
+            raise UserError(f"--{kind} {path}: this is {'an' if found == 'image' else 'a'} {found}; use --{found}")
+        answers.append({"query": path, "query_type": kind,
+                        "results": service.search_vectors(vector[None], args.k, urls=False)[0]})
+    if args.json:
+        print(json.dumps(answers, indent=2, ensure_ascii=False))
     else:
-        try:
-            index.load_text_model(args.device)
-        except (OSError, ValueError) as err:  # the recorded model is gone, or holds other weights
-            raise UserError(f"{args.index}: {str(err).splitlines()[0]}") from err
-    results = index.search(list(args.query), k=args.k)
-    print("\n\n".join(format_results(q, r) for q, r in zip(args.query, results)))
+        print("\n\n".join(format_results(a["query"], [(r["path"], r["score"]) for r in a["results"]])
+                           for a in answers))
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import run_serve
+
+    try:
+        return run_serve(args)
+    except SearchSetupError as err:
+        raise UserError(str(err)) from err
 
 
 def cmd_info(args) -> int:
     from .indexing import index_status
 
+    if not os.path.isdir(args.index):
+        raise UserError(f"{args.index}: no such index folder")
     try:
         status = index_status(args.index)
     except (FileNotFoundError, ValueError) as err:
@@ -249,7 +321,8 @@ def main(argv=None) -> int:
     except SystemExit as exit_:  # argparse already printed the usage error
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "convert": run_convert}
+    commands = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve, "info": cmd_info,
+                "convert": run_convert}
     try:
         with sigterm_raises():
             return commands[args.command](args)

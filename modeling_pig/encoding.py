@@ -224,7 +224,7 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
         try:
             for positions, pixel_values, batch_failed in loader:
                 for position, reason in batch_failed.items():
-                    logger.warning("Skipping unreadable video %s: %s", videos[position], reason)
+                    logger.warning("Skipping an unreadable video: %s", reason)  # the reason names the file
                     failed[signatures[position]] = reason
                     if section is not None:
                         section.add_failed(signatures[position], reason)

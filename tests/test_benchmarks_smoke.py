@@ -219,3 +219,15 @@ def test_train_step_grad_cache_table_runs_the_three_configurations(tmp_path, cap
     printed = table_rows(stdout, "shape")
     assert [r[:3] for r in printed] == [["tiny", "4 x 2", "-"], ["tiny", "4 x 2", "2"], ["tiny", "2 x 2", "-"]]
     assert printed[2][-1] == "1.00x"
+
+
+def test_serve_round_trip_and_concurrent_clients_agree_with_the_library(tmp_path, capsys):
+    stdout, results = run_script("bench_serve", tmp_path, capsys, "--cold_runs", "0")
+    trip, crowd = results["round_trip"], results["concurrency"]
+    assert trip["queries"] == 20 and trip["wrong_answers"] == 0
+    assert trip["cache_hits"] == 20 and trip["cache_misses"] == 20  # each query once new, then once from the cache
+    assert crowd["clients"] == 8 and crowd["requests"] == 48 and crowd["errors"] == crowd["wrong"] == 0
+    assert trip["library_cpu_ms"] > 0 and trip["http_miss_cpu_ms"] > 0 and results["cold_search"] == []
+    assert [row[0] for row in table_rows(stdout, "path")] == [
+        "library `VideoIndex.search` (embeds the text)", "HTTP `GET /api/search`, cache miss (embeds the text)",
+        "HTTP `GET /api/search`, cache hit"]

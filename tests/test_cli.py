@@ -115,7 +115,7 @@ def test_user_mistakes_are_one_line_and_exit_status_2(tiny_model_dir, tmp_path, 
         ("index", tmp_path / "missing", "--model", tmp_path, "--out", tmp_path / "i"): "missing: not a folder",
         ("index", tmp_path / "videos", "--model", tmp_path / "nowhere", "--out", tmp_path / "i"): "--model",
         ("search", tmp_path / "videos", "a dog"): "not a VideoIndex folder",
-        ("info", tmp_path / "nothing"): "not a VideoIndex folder",
+        ("info", tmp_path / "nothing"): "nothing: no such index folder",
     }
     for args, expected in cases.items():
         status, _, stderr = pig(capsys, *args)
