@@ -1,8 +1,9 @@
 """The import direction of docs/architecture.md, read from the source with `ast` (nothing is imported).
 
 The library (`modeling_pig/`) never imports the scripts around it: not `training`, `datasets_scripts`,
-`benchmarks` or `model_cards`. The model-card package serves the scripts only; the dataset loaders never reach
-into training or benchmarks; training never imports benchmarks. Every `import`, `from ... import` (relative ones
+`benchmarks` or `model_cards`. The model-card package serves the scripts and reads only the library (the Hub
+metadata of `modeling_pig.model_card`); the dataset loaders never reach into training or benchmarks; training
+never imports benchmarks. Every `import`, `from ... import` (relative ones
 resolved against the file's package), `importlib.import_module("...")` and `__import__("...")` with a literal
 name counts, wherever it is written (top level, inside a function, under `if TYPE_CHECKING`).
 """
@@ -20,7 +21,7 @@ PROJECT_PACKAGES = ("modeling_pig", "training", "datasets_scripts", "model_cards
 # folder -> the project packages its modules must not import (docs/architecture.md, "Which imports are allowed").
 FORBIDDEN = {
     "modeling_pig": {"training", "datasets_scripts", "benchmarks", "model_cards"},
-    "model_cards": {"modeling_pig", "training", "datasets_scripts", "benchmarks"},
+    "model_cards": {"training", "datasets_scripts", "benchmarks"},
     "datasets_scripts": {"training", "benchmarks"},
     "training": {"benchmarks"},
 }
