@@ -19,17 +19,28 @@ more frames than decode). Prints a markdown table, and the machine's load averag
 ``modeling_pig.video_io.SEEK_MIN_SKIPPED_PACKETS`` (set on the module for the run; ``never`` seeks only once, to
 the first keyframe), interleaved the same way, with the packets each sends to the decoder.
 
+``--baseline FILE`` adds a table of ours against another version of ``video_io.py`` (a single file without
+relative imports, e.g. ``git show 1ffb09d:modeling_pig/video_io.py > /tmp/video_io_before.py``, the version
+before issue 12), both ``read_video(path, 12)``, interleaved, with whether they return the same frames: the
+regression check. ``--long_minutes M`` adds to that table a synthetic M-minute 320x180 H.264 video (one closed
+GOP of 50 frames repeated; keyframes every 2 s), to show that 12 frames of a long video cost a few GOPs, not the
+whole file (its full decode is not timed).
+
     python benchmarks/bench_decode.py [--videos DIR] [--repeats 9] [--quick] [--seek_thresholds 2 4 8 12 never]
+                                      [--baseline FILE] [--long_minutes 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -169,6 +180,73 @@ def seek_threshold_sweep(videos: list[Path], thresholds: list[int], repeats: int
     return "\n".join(lines)
 
 
+def make_long_video(path, minutes: float = 30.0, fps: int = 25, gop: int = 50, size=(320, 180)) -> Path:
+    """A ``minutes``-long H.264 MP4 made of one closed GOP of ``gop`` frames, repeated (writing it takes seconds,
+    not the encoding of every frame). Frame ``i`` shows the same picture as frame ``i % gop``: a colour of its
+    own (red = 37 i mod 256), a green bar growing from the left edge, a blue ramp and a bright top-left block."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        stream.options = {"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=2:open-gop=0"}
+        packets = []
+        for i in range(gop):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[..., 0] = (i * 37) % 256
+            image[:, : (i * 3) % width + 1, 1] = 220
+            image[..., 2] = (np.arange(width)[None, :] * 4) % 256
+            image[: max(height // 4, 1), : max(width // 4, 1)] = 250
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        for copy in range(int(round(minutes * 60 * fps / gop))):
+            for packet in packets:
+                clone = av.Packet(bytes(packet))
+                clone.pts, clone.dts = packet.pts + copy * gop, packet.dts + copy * gop
+                clone.time_base, clone.stream, clone.is_keyframe = packet.time_base, stream, packet.is_keyframe
+                container.mux(clone)
+    return Path(path)
+
+
+def load_baseline(path: Path):
+    """Import another ``video_io.py`` (one file, no relative imports) under the name ``baseline_video_io``."""
+    spec = importlib.util.spec_from_file_location("baseline_video_io", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def baseline_comparison(videos: list[Path], baseline, repeats: int) -> str:
+    """Ours against ``baseline.read_video``, interleaved: a markdown table (one row per video)."""
+    lines = ["| video | frames | ours wall / CPU ms | baseline wall / CPU ms | ours / baseline, wall (CPU) "
+             "| ours: path, packets, seeks | baseline: path, packets, seeks | same frames |",
+             "|---|---|---|---|---|---|---|---|"]
+    for path in tqdm(videos, desc="baseline", file=sys.stderr):
+        methods = {"ours": lambda: read_video(path, NUM_FRAMES)}
+        if baseline is not None:
+            methods["baseline"] = lambda: baseline.read_video(path, NUM_FRAMES)
+        wall, cpu, results = _time_interleaved(methods, repeats)
+        ours = results["ours"]
+
+        def cells(name):
+            if name not in results:
+                return "-", "-"
+            r = results[name]
+            return f"{wall[name] * 1e3:.0f} / {cpu[name] * 1e3:.0f}", f"{r.decode_path}, {r.packets_decoded}, {r.seeks}"
+
+        ratio = (f"{wall['ours'] / wall['baseline']:.2f}x ({cpu['ours'] / cpu['baseline']:.2f}x)"
+                 if "baseline" in results else "-")
+        same = ("yes" if np.array_equal(ours.frames, results["baseline"].frames) else "no") if "baseline" in results \
+            else "-"
+        (ours_time, ours_how), (base_time, base_how) = cells("ours"), cells("baseline")
+        lines.append(f"| {path.name} | {ours.num_video_frames} | {ours_time} | {base_time} | {ratio} | {ours_how} "
+                     f"| {base_how} | {same} |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python "
             f"{platform.python_version()}, PyAV {av.__version__} (FFmpeg libavcodec "
@@ -182,6 +260,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="smoke test: the smallest video, one repeat")
     parser.add_argument("--seek_thresholds", nargs="+", type=_threshold, default=None,
                         help="also time ours under these SEEK_MIN_SKIPPED_PACKETS values (ints or 'never')")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="also time ours against this other video_io.py (one file, no relative imports)")
+    parser.add_argument("--long_minutes", type=float, default=None,
+                        help="add a synthetic video this many minutes long to the baseline table")
     args = parser.parse_args(argv)
     videos = sorted(p for p in args.videos.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
     if not videos:
@@ -192,6 +274,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     load_before = os.getloadavg()
     rows = benchmark(videos, repeats)
     sweep = seek_threshold_sweep(videos, args.seek_thresholds, repeats) if args.seek_thresholds else None
+    comparison = None
+    if args.baseline is not None or args.long_minutes:
+        with tempfile.TemporaryDirectory() as folder:
+            extra = []
+            if args.long_minutes:
+                extra = [make_long_video(Path(folder) / f"synthetic_{args.long_minutes:g}min.mp4", args.long_minutes)]
+            baseline = load_baseline(args.baseline) if args.baseline is not None else None
+            comparison = baseline_comparison(videos + extra, baseline, repeats)
     load_after = os.getloadavg()
     print(f"Machine: {machine()}; median of {repeats} run(s); {NUM_FRAMES} frames, test-mode sampling; "
           f"load average (1/5/15 min) {_load(load_before)} before, {_load(load_after)} after.\n")
@@ -199,6 +289,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if sweep is not None:
         print("\nours by SEEK_MIN_SKIPPED_PACKETS: median wall / CPU ms (packets sent to the decoder, seeks)\n")
         print(sweep)
+    if comparison is not None:
+        print(f"\nours against {args.baseline or 'no baseline'}: median wall / CPU ms\n")
+        print(comparison)
     return rows
 
 

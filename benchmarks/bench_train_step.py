@@ -15,6 +15,13 @@ FLOPs per step, peak RSS (the largest over rounds), and that peak minus the RSS 
     python benchmarks/bench_train_step.py             # tiny and B/32 shapes, act. ckpt off
     python benchmarks/bench_train_step.py --quick     # tiny shape, 1 timed step (smoke test)
     python benchmarks/bench_train_step.py --shapes b32 --checkpointing  # B/32 only, without and with act. ckpt
+
+Gradient caching (``--grad-cache BATCH,CHUNK``, training/grad_cache.py): PIG only, at the first of ``--shapes``,
+``--grad-cache-frames`` frames per video; three rows: a step at BATCH videos, the same step in chunks of CHUNK
+(two passes), and a plain step at CHUNK videos. The peak of the chunked step should be close to the small one's.
+
+    python benchmarks/bench_train_step.py --threads 1 --shapes b32 --grad-cache 32,4 --grad-cache-frames 2  # docs
+    python benchmarks/bench_train_step.py --threads 1 --shapes b32 --grad-cache 128,16   # the paper's batch (hours)
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also run the non-tiny shapes with activation checkpointing on")
     add_threads_argument(parser)
     add_allocator_argument(parser)
+    parser.add_argument("--grad-cache", default=None, metavar="BATCH,CHUNK",
+                        help="gradient-caching table instead: PIG at BATCH videos unchunked, in chunks of CHUNK, "
+                             "and at CHUNK videos")
+    parser.add_argument("--grad-cache-frames", type=int, default=12, help="frames per video of --grad-cache")
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     # worker mode: one configuration in this process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -56,7 +67,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--num-frames", type=int, default=12, help=argparse.SUPPRESS)
     parser.add_argument("--activation-checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.grad_cache is not None:
+        try:
+            batch, chunk = (int(value) for value in args.grad_cache.split(","))
+        except ValueError:
+            parser.error(f"--grad-cache {args.grad_cache!r}: expected BATCH,CHUNK (two integers)")
+        if not 0 < chunk < batch:
+            parser.error(f"--grad-cache {args.grad_cache!r}: expected 0 < CHUNK < BATCH")
+        args.grad_cache = (batch, chunk)
     args.steps = args.steps or (1 if args.quick else 3)
     args.rounds = args.rounds or (1 if args.quick else 2)
     if args.steps < 1 or args.rounds < 1:
@@ -66,6 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def configurations(args: argparse.Namespace) -> list[dict]:
     """The (shape, batch, frames, checkpointing) grid; each is run for every model in ``MODELS``."""
+    if args.grad_cache is not None:
+        batch, chunk = args.grad_cache
+        shape = "tiny" if args.quick else args.shapes.split(",")[0]
+        common = dict(shape=shape, num_frames=args.grad_cache_frames, activation_checkpointing=False)
+        return [dict(common, batch_size=batch, chunk_size=0), dict(common, batch_size=batch, chunk_size=chunk),
+                dict(common, batch_size=chunk, chunk_size=0)]
     if args.quick:
         grid = [dict(shape="tiny", batch_size=4, num_frames=4, activation_checkpointing=False)]
     else:
@@ -108,13 +134,21 @@ def worker(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(0)
     batch = dict(random_text_inputs(clip_config, args.batch_size, generator=generator),
                  pixel_values=random_pixel_values(clip_config, args.batch_size, args.num_frames, generator=generator))
+    cache = None
+    if args.chunk_size:
+        from accelerate import Accelerator
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for training/
+        from training.grad_cache import GradCache
+
+        cache = GradCache(Accelerator(cpu=True), model, args.chunk_size, gather_across_processes=False)
     rss_after_build, _ = rss_bytes()
 
     def step():
-        output = model(**batch, return_loss=True)
+        output = cache.forward(batch) if cache is not None else model(**batch, return_loss=True)
         if output.loss is None or not torch.isfinite(output.loss):
             raise RuntimeError(f"{args.model} {args.shape}: training loss is {output.loss}")
-        output.loss.backward()
+        cache.backward(output.loss) if cache is not None else output.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return float(output.loss.detach())
@@ -127,7 +161,7 @@ def worker(args: argparse.Namespace) -> dict:
         cpu_times.append(cpu_seconds)
     _, peak = rss_bytes()
     return dict(shape=args.shape, model=args.model, batch_size=args.batch_size, num_frames=args.num_frames,
-                activation_checkpointing=args.activation_checkpointing, steps=args.steps,
+                activation_checkpointing=args.activation_checkpointing, chunk_size=args.chunk_size, steps=args.steps,
                 step_seconds=median(times), all_step_seconds=times, all_cpu_step_seconds=cpu_times,
                 train_gflops_per_step=flops / 1e9,
                 rss_after_build=rss_after_build, peak_rss=peak, threads=torch.get_num_threads(), allocator=allocator)
@@ -140,6 +174,8 @@ def run_worker_subprocess(config: dict, model: str, steps: int, threads: int, de
                "--batch-size", str(config["batch_size"]), "--num-frames", str(config["num_frames"])]
     if config["activation_checkpointing"]:
         command.append("--activation-checkpointing")
+    if config.get("chunk_size"):
+        command += ["--chunk-size", str(config["chunk_size"])]
     if default_malloc:
         command.append("--default-malloc")
     completed = subprocess.run(command, capture_output=True, text=True)
@@ -173,6 +209,36 @@ def add_ratios(rows: list[dict]) -> None:
         row["cpu_time_ratio_to_vip"] = row["cpu_step_seconds"] / base["cpu_step_seconds"]
         row["flops_ratio_to_vip"] = row["train_gflops_per_step"] / base["train_gflops_per_step"]
         row["peak_ratio_to_vip"] = row["peak_rss"] / base["peak_rss"]
+
+
+def run_grad_cache(args: argparse.Namespace) -> dict:
+    """The three gradient-caching configurations of PIG, each in its own subprocess, ``--rounds`` times."""
+    threads = resolve_threads(args.threads, args.quick)
+    machine = machine_description()
+    rows = []
+    for config in configurations(args):
+        results = [run_worker_subprocess(config, "PIG", args.steps, threads, args.default_malloc)
+                   for _ in range(args.rounds)]
+        rows.append(merge_rounds(results))
+    return dict(machine=machine, load_at_end=load_average(), steps=args.steps, rounds=args.rounds, rows=rows,
+                command=" ".join(sys.argv), grad_cache=True)
+
+
+def render_grad_cache(results: dict) -> str:
+    """One row per configuration: batch, chunks, FLOPs, time, peak RSS and peak minus the RSS after the build."""
+    small = results["rows"][-1]
+    table = [[row["shape"], f"{row['batch_size']} x {row['num_frames']}",
+              str(row["chunk_size"]) if row["chunk_size"] else "-", f"{row['train_gflops_per_step']:.1f}",
+              format_seconds(row["cpu_step_seconds"]), format_bytes(row["peak_rss"]),
+              format_bytes(row["peak_rss"] - row["rss_after_build"]),
+              f"{(row['peak_rss'] - row['rss_after_build']) / (small['peak_rss'] - small['rss_after_build']):.2f}x"]
+             for row in results["rows"]]
+    headers = ["shape", "videos x frames", "chunk", "GFLOPs / step", "CPU time / step", "peak RSS",
+               "peak - RSS after build", "(peak - build) / small batch"]
+    return "\n".join([f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
+                      f"PIG, AdamW, fp32; {results['rounds']} round(s), {results['steps']} timed step(s) after one "
+                      "untimed step, one fresh subprocess per row; peak = largest over rounds.",
+                      "", markdown_table(headers, table)])
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -225,8 +291,12 @@ def main(argv=None) -> None:
     if args.worker:
         print(RESULT_PREFIX + json.dumps(worker(args)))
         return
-    results = run(args)
-    print(render(results))
+    if args.grad_cache is not None:
+        results = run_grad_cache(args)
+        print(render_grad_cache(results))
+    else:
+        results = run(args)
+        print(render(results))
     write_json(args.json, results)
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+# The Hub metadata (library, pipeline tag, tags) is the library's: the minimal card of `save_pretrained` has it too.
+from modeling_pig.model_card import LIBRARY_NAME, PIPELINE_TAG, TAGS
+
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 TASK_TYPE = "text-to-video-retrieval"
-# The Hub has no text-to-video *retrieval* pipeline (`text-to-video` means generation there); PIG embeds videos
-# and texts into one space, which the Hub lists as feature extraction.
-PIPELINE_TAG = "feature-extraction"
 TASK_NAME = "Text-to-Video Retrieval"
 # (metric key suffix, column title, higher is better)
 METRIC_COLUMNS = (("R@1", "R@1", True), ("R@5", "R@5", True), ("R@10", "R@10", True),
@@ -112,12 +112,12 @@ def build_model_card(
     card_data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
-        library_name="transformers",
+        library_name=LIBRARY_NAME,
         pipeline_tag=PIPELINE_TAG,
         datasets=list(datasets) or None,
         license="apache-2.0",
         language="en",
-        tags=["video", "text-to-video-retrieval", "pig", "clip", *tags],
+        tags=[*TAGS, *tags],
         eval_results=eval_results(metrics, dataset_type, dataset_name, dataset_split, dataset_config) or None,
     )
     queries = f"{num_queries} text queries" if num_queries is not None else "all captions are queries"

@@ -13,13 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from model_cards.card import build_model_card, save_model_card
-
-
-def variant_name(config) -> str:
-    """The model's name in the paper's terms, from its `PIGConfig`."""
-    if config.use_pseudo_query:
-        return "PIG"
-    return "CLIP-ViP baseline" if config.video_tower == "vip" else "CLIP4Clip meanP baseline"
+from modeling_pig.model_card import variant_name  # noqa: F401  (the library's name for a config; re-exported)
 
 
 def training_datasets(args: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:

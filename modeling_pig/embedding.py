@@ -1,4 +1,4 @@
-"""One embedding store, and the text/video encoders that fill it.
+"""One embedding store: (model fingerprint, processor settings, item signature) -> vector, on disk.
 
 Every vector this package computes for later use goes through `EmbeddingStore`: the resumable build of a
 `VideoIndex`, the reuse of old vectors when an index is rebuilt, and the embedding cache of a benchmark
@@ -6,7 +6,7 @@ evaluation are all "open the store in folder X":
 
     store = EmbeddingStore("my_cache")                       # any folder; created when missing
     encoded = encode_videos(model, processor, paths, store=store)   # embeds only what the store lacks
-    texts = encode_texts(model, processor, captions, store=store)
+    texts = encode_texts(model, processor, captions, store=store)   # (encoders: modeling_pig.encoding)
 
 A store folder holds one section per *key* (model weights fingerprint, processor settings, storage dtype):
 vectors of another model or another frame count never mix. Inside a section, each vector is found by the
@@ -20,9 +20,6 @@ Layout on disk:
 
 Shards are written to a temporary name, flushed to disk and renamed, so a crash never leaves a half-written
 shard, and every writer (one per process in a distributed build) writes shards of its own name.
-
-(Over 450 lines because the store and the two encoders that fill it are one protocol: what counts as done,
-when it is flushed, what an interruption keeps.)
 """
 
 from __future__ import annotations
@@ -34,14 +31,13 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +45,6 @@ __all__ = [
     "EmbeddingStore",
     "StoreSection",
     "EncodedVideos",
-    "encode_texts",
-    "encode_videos",
     "model_fingerprint",
     "processor_signature",
     "video_signature",
@@ -77,12 +71,21 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     digest.update(type(model).__qualname__.encode())
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
-        digest.update(config.to_json_string(use_diff=False).encode())
+        # where the model was loaded from and by which transformers version say nothing about its outputs
+        settings = _without_keys(json.loads(config.to_json_string(use_diff=False)), ("_name_or_path",
+                                                                                      "transformers_version"))
+        digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _without_keys(value, keys: tuple[str, ...]):
+    if isinstance(value, dict):
+        return {k: _without_keys(v, keys) for k, v in value.items() if k not in keys}
+    return value
 
 
 def processor_signature(processor) -> str:
@@ -111,6 +114,11 @@ def video_signature(path: str | None, start=None, end=None) -> str:
 def text_signature(text: str) -> str:
     """The signature of a text item (the text itself, tagged so that it never equals a video's)."""
     return json.dumps(["text", text])
+
+
+def _new_writer_name() -> str:
+    """Unique across processes and machines writing to one store; sorts by creation time."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -147,7 +155,7 @@ class StoreSection:
         self.folder = folder
         self.manifest = manifest
         self.dtype = getattr(torch, manifest["dtype"].removeprefix("torch."))
-        self._writer = writer or f"{time.time_ns():020d}-{os.getpid()}"
+        self._writer = writer or _new_writer_name()
         self._written = 0
         self._shards: list[torch.Tensor] = []
         self._rows: dict[str, tuple[int, int]] = {}
@@ -202,6 +210,24 @@ class StoreSection:
     def signatures(self) -> list[str]:
         return list(self._rows)
 
+    def collect(self, signatures: Sequence[str]) -> "EncodedVideos":
+        """What the section holds for `signatures` (in order): vectors, their positions, and failures."""
+        ok = [p for p, s in enumerate(signatures) if s in self._rows]
+        failures = {p: self.failed[s] for p, s in enumerate(signatures) if s in self.failed and s not in self._rows}
+        return EncodedVideos(embeddings=self.get([signatures[p] for p in ok]), positions=ok, failed=failures)
+
+    @staticmethod
+    def read_items(folder: str | os.PathLike) -> tuple[set[str], dict[str, str]]:
+        """The signatures with a vector and the failures recorded in a section folder, from the shards'
+        metadata only (no vector is read): what `pig info` counts."""
+        items, failed = set(), {}
+        for shard in sorted(Path(folder).glob("shard-*.safetensors")):
+            with safe_open(str(shard), framework="pt") as handle:
+                metadata = handle.metadata()
+            items.update(json.loads(metadata["items"]))
+            failed.update(json.loads(metadata["failed"]))
+        return items, {item: reason for item, reason in failed.items() if item not in items}
+
     def add(self, signatures: Sequence[str], vectors: torch.Tensor) -> None:
         """Buffer new vectors `[len(signatures), D]` (readable at once, on disk at the next `flush`)."""
         vectors = vectors.detach().to("cpu", self.dtype).contiguous()
@@ -247,7 +273,7 @@ class StoreSection:
         old = self.shard_files()
         self._pending_items, self._pending_rows = list(items), ([self.get(items)] if items else [])
         self._pending_failed = failed
-        self._writer = f"{time.time_ns():020d}-{os.getpid()}"
+        self._writer = _new_writer_name()
         self._written = 0
         if self.num_pending:
             self.flush()
@@ -307,83 +333,6 @@ class EmbeddingStore:
                 folder.rmdir()
 
 
-# ------------------------------------------------------------------------------------------------------
-# Encoding
-
-
-def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters(), None)
-    if param is None:
-        return torch.device("cpu"), torch.float32
-    return param.device, param.dtype if param.dtype.is_floating_point else torch.float32
-
-
-@contextlib.contextmanager
-def inference(model: torch.nn.Module):
-    """eval() + no_grad for the duration, restoring the model's training flag afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():  # not inference_mode: its tensors refuse later in-place use by callers
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _open_section(store: EmbeddingStore | StoreSection | None, model, processor, model_fp: str | None):
-    if store is None or isinstance(store, StoreSection):
-        return store
-    return store.section(model_fp or model_fingerprint(model), processor_signature(processor))
-
-
-def encode_texts(model, processor, texts: Sequence[str], batch_size: int = 256, show_progress: bool = True,
-                 desc: str = "texts", store: EmbeddingStore | StoreSection | None = None,
-                 model_fp: str | None = None) -> torch.Tensor:
-    """Embed texts with the text tower only.
-
-    Args:
-        model: has `get_text_features(input_ids, attention_mask).pooler_output`.
-        processor: `processor(text=[...], return_tensors="pt")` gives input_ids and attention_mask.
-        texts: the queries.
-        batch_size: texts per forward pass.
-        store: texts it holds (for this model and processor) are not embedded again; new ones are added.
-        model_fp: the model fingerprint when the caller has it (saves hashing the weights for the store key).
-
-    Returns:
-        float32 CPU tensor `[len(texts), D]`, L2-normalised rows.
-    """
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, not a single string")
-    texts = list(texts)
-    bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
-    if bad:
-        raise ValueError(f"texts[{bad[0]}] = {texts[bad[0]]!r} is not a non-empty string ({len(bad)} such texts)")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not texts:
-        raise ValueError("texts is empty")
-    section = _open_section(store, model, processor, model_fp)
-    signatures = [text_signature(text) for text in texts]
-    # texts in their given order (duplicates included): a run without a store batches exactly the same way
-    todo = [i for i, s in enumerate(signatures) if section is None or s not in section]
-    device, _ = _model_device_dtype(model)
-    chunks = []
-    with inference(model):
-        for start in tqdm(range(0, len(todo), batch_size), desc=f"Embedding {desc}", unit="batch",
-                          disable=not show_progress or len(todo) <= batch_size):
-            batch = processor(text=[texts[i] for i in todo[start:start + batch_size]], return_tensors="pt")
-            features = model.get_text_features(input_ids=batch["input_ids"].to(device),
-                                               attention_mask=batch["attention_mask"].to(device)).pooler_output
-            chunks.append(F.normalize(features.float(), dim=-1).cpu())  # [b, D]
-    computed = torch.cat(chunks) if chunks else None
-    if section is None:
-        return computed  # [n, D]
-    if computed is not None:
-        section.add([signatures[i] for i in todo], computed)
-        section.flush()
-    return section.get(signatures).float()  # [n, D]
-
-
 @dataclasses.dataclass
 class EncodedVideos:
     """Result of `encode_videos`.
@@ -397,134 +346,3 @@ class EncodedVideos:
     embeddings: torch.Tensor
     positions: list[int]
     failed: dict[int, str]
-
-
-class _VideoClips(torch.utils.data.Dataset):
-    """Decodes and preprocesses one video per item (in a DataLoader worker); decode errors are returned."""
-
-    def __init__(self, processor, videos, starts, ends, positions):
-        self.processor = processor
-        self.videos, self.starts, self.ends, self.positions = videos, starts, ends, positions
-        if not callable(getattr(processor, "load_video", None)):
-            raise TypeError(f"{type(processor).__name__} has no load_video(path, mode, start, end) method; "
-                            "pass a PIGProcessor")
-
-    def __len__(self):
-        return len(self.positions)
-
-    def __getitem__(self, item):
-        from .video_io import VideoDecodeError  # PyAV is only needed when decoding
-
-        position = self.positions[item]
-        path = self.videos[position]
-        if path is None:
-            return position, None, "no video file (the dataset row has video=None)"
-        try:
-            # the processor's own decoding + preprocessing: num_frames test-time frames of [start, end)
-            pixel_values = self.processor.load_video(path, mode="test", start=self.starts[position],
-                                                     end=self.ends[position])  # [T, 3, S, S]
-        except VideoDecodeError as err:
-            return position, None, str(err)
-        return position, pixel_values, None
-
-
-def _collate_clips(items):
-    decoded = [(position, pixels) for position, pixels, _ in items if pixels is not None]
-    failed = {position: reason for position, pixels, reason in items if pixels is None}
-    pixel_values = torch.stack([pixels for _, pixels in decoded]) if decoded else None  # [b, T, 3, S, S]
-    return [position for position, _ in decoded], pixel_values, failed
-
-
-def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], batch_size: int = 16,
-                  starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
-                  num_workers: int = 0, store: EmbeddingStore | StoreSection | None = None,
-                  flush_every: int = FLUSH_EVERY, show_progress: bool = True, desc: str = "videos",
-                  model_fp: str | None = None) -> EncodedVideos:
-    """Embed videos with the video tower only, skipping (and reporting) the ones that cannot be decoded.
-
-    Each video is decoded and preprocessed by `processor.load_video(path, mode="test", start, end)` (the
-    processor's `num_frames` evenly spaced frames) inside DataLoader workers (`num_workers`).
-
-    Args:
-        model: has `get_video_features(pixel_values).pooler_output`.
-        processor: a PIGProcessor (or anything with `load_video(path, mode, start, end) -> [T, 3, S, S]`).
-        videos: video paths (None counts as a missing file).
-        batch_size: videos per forward pass.
-        starts, ends: optional clip bounds in seconds, one per video (None = whole file).
-        num_workers: DataLoader decoding workers (0 = decode in this process).
-        store: where finished vectors go, every `flush_every` videos or `FLUSH_SECONDS`, and when the run
-            stops on an exception or Ctrl-C (at most the batch in flight is lost). Videos it already holds for
-            this model and processor (same path, clip, file size and mtime), or knows to be unreadable, are not
-            embedded again. Without a store, nothing is written.
-        model_fp: the model fingerprint when the caller already has it (saves hashing the weights again).
-
-    Returns:
-        `EncodedVideos` (embeddings `[n_ok, D]` in the store's dtype, float32 without a store; their input
-        positions; failures). Failures are also logged.
-    """
-    videos = [os.fspath(v) if v is not None else None for v in videos]
-    n = len(videos)
-    starts = list(starts) if starts is not None else [None] * n
-    ends = list(ends) if ends is not None else [None] * n
-    if len(starts) != n or len(ends) != n:
-        raise ValueError(f"starts/ends must have one entry per video ({n}), got {len(starts)} and {len(ends)}")
-    if batch_size < 1 or flush_every < 1:
-        raise ValueError(f"batch_size and flush_every must be >= 1, got {batch_size} and {flush_every}")
-
-    signatures = [video_signature(v, s, e) for v, s, e in zip(videos, starts, ends)]
-    section = _open_section(store, model, processor, model_fp)
-    done: dict[str, torch.Tensor] = {}  # without a store: signature -> row
-    failed: dict[str, str] = {}
-    todo = [p for p in range(n) if section is None or not section.has(signatures[p])]
-    if len(todo) < n:
-        logger.info("%d of %d videos already in the embedding store %s: skipped", n - len(todo), n, section.folder)
-
-    device, dtype = _model_device_dtype(model)
-    loader = torch.utils.data.DataLoader(
-        _VideoClips(processor, videos, starts, ends, todo), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=_collate_clips, shuffle=False)
-    progress = tqdm(total=n, initial=n - len(todo), desc=f"Embedding {desc}", unit="video",
-                    disable=not show_progress)
-    last_flush = time.monotonic()
-    # `finally`: an interrupted run (exception, Ctrl-C, SIGTERM turned into an exception) keeps what it finished
-    with inference(model), progress:
-        try:
-            for positions, pixel_values, batch_failed in loader:
-                for position, reason in batch_failed.items():
-                    logger.warning("Skipping unreadable video %s: %s", videos[position], reason)
-                    failed[signatures[position]] = reason
-                    if section is not None:
-                        section.add_failed(signatures[position], reason)
-                if pixel_values is not None:
-                    features = model.get_video_features(
-                        pixel_values=pixel_values.to(device=device, dtype=dtype)).pooler_output  # [b, D]
-                    rows = F.normalize(features.float(), dim=-1).cpu()
-                    if section is None:
-                        done.update((signatures[p], row) for p, row in zip(positions, rows))
-                    else:
-                        section.add([signatures[p] for p in positions], rows)
-                progress.update(len(positions) + len(batch_failed))
-                if section is not None and (section.num_pending >= flush_every
-                                            or time.monotonic() - last_flush >= FLUSH_SECONDS):
-                    section.flush()
-                    last_flush = time.monotonic()
-        finally:
-            if section is not None:
-                section.flush()
-
-    if section is not None:
-        failed = {s: section.failed[s] for s in signatures if s in section.failed}
-        ok = [p for p in range(n) if signatures[p] in section]
-    else:
-        ok = [p for p in range(n) if signatures[p] in done]
-    ok_set = set(ok)
-    failures = {p: failed[signatures[p]] for p in range(n) if signatures[p] in failed and p not in ok_set}
-    if failures:
-        logger.warning("%d of %d videos could not be decoded and were skipped", len(failures), n)
-    if section is not None:
-        embeddings = section.get([signatures[p] for p in ok])  # [n_ok, D]
-    elif ok:
-        embeddings = torch.stack([done[signatures[p]] for p in ok])  # [n_ok, D]
-    else:
-        embeddings = torch.empty(0, 0)
-    return EncodedVideos(embeddings=embeddings, positions=ok, failed=failures)

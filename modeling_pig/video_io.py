@@ -1,47 +1,72 @@
-"""Video decoding and frame sampling with PyAV: the only module that opens media containers.
+"""Video decoding and frame sampling with PyAV (with :mod:`modeling_pig.video_container`, the only code that opens
+media containers).
 
 What a caller gets from :func:`read_video_frames` is ``num_frames`` RGB frames, ``uint8 [T, H, W, 3]``, picked as
 the PIG authors pick them (``docs/pig-method.md`` §6.2 "Frame sampling"), from a clip of the file, decoded with
-as little work as the file allows:
+as little work as the file allows. The rule for what counts: **a frame is what the decoder outputs for the chosen
+stream after the container's edit list**, as ffmpeg shows it; counts and timestamps come from the packets and the
+decoder, never from a header's frame count or duration.
 
-* **Frame index** ``i`` means the ``i``-th frame in presentation order, counting the frames the decoder can
-  actually produce. The count never comes from the container header (``stream.frames`` is 0 for many
-  containers and wrong for some files): a cheap demux pass (no decoding) lists every packet and its timestamp.
+* **Stream**: the main video stream, by ffmpeg's rule (highest resolution; cover art and thumbnails skipped).
+* **Frame index** ``i`` is the ``i``-th frame in presentation order. A cheap demux pass (no decoding) lists every
+  packet with its timestamps and flags. Packets that an MP4/MOV edit list marks as pre-roll (stream-copy cuts,
+  phone videos) are decoded but never shown, so they are not frames. When the stream starts mid-GOP or with the
+  leading pictures of an open GOP (MPEG-TS/PS segments, HEVC cuts), the decoder drops what it cannot decode:
+  those first packets are decoded once to learn which frames come out.
 * **Decode only what is needed.** Frames are decoded in order and decoding stops after the last target. When the
-  timestamps are trustworthy, two more savings apply: the reader seeks to the keyframe before a target when that
-  skips more than :data:`SEEK_MIN_SKIPPED_PACKETS` packets (that is, when keyframes are dense enough for a seek
-  to pay), and non-reference frames that are not targets are skipped by the decoder (``skip_frame="NONREF"``;
-  nothing else depends on them, so the targets are bit-identical to a full decode). Any doubt (timestamps out of
-  order, a seek that lands after its target, a target that never comes out of the decoder) falls back to a plain
-  sequential decode from the first frame, which counts frames as they come out.
-* **Short videos** (fewer frames than asked) repeat frames: the sampling formula then yields repeated indices,
-  e.g. 3 frames asked for 12 give ``[0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2]``.
-* **Still images** (jpg, png, ... opened as a video) are 1-frame videos: the frame is repeated ``num_frames`` times.
-* **Clips** ``start``/``end`` (seconds from the first frame) select the frames displayed during ``[start, end)``:
-  frame ``i`` is on screen from its timestamp until the next frame's.
-* **Errors**: a missing file, a file with no video stream, a corrupt or truncated file, and a decode that yields
-  fewer frames than the container lists (beyond :data:`MAX_UNDECODABLE_FRAMES` trailing frames that some
-  writers leave undecodable) raise :class:`VideoDecodeError`, whose message names the file and the cause.
-  A clip that starts after the end of the video raises it too. Bad arguments raise ``ValueError``.
-* Display rotation metadata (phone videos) is not applied, as in the authors' decord pipeline.
+  timestamps are trustworthy, the reader seeks to the keyframe before a target when that skips at least
+  :data:`SEEK_MIN_SKIPPED_PACKETS` packets, and, for decoders known to honour it, skips non-reference frames that
+  are not targets (``skip_frame="NONREF"``; nothing depends on them, so targets are bit-identical to a full
+  decode). Any doubt (timestamps out of order, a seek that lands after its target, a frame the index lists that
+  does not come out, a damaged target) falls back to a plain sequential decode from the first packet, which
+  counts frames as they come out.
+* **Damage** that the decoder conceals (a rejected packet, a frame flagged corrupt) is tolerated as ffmpeg
+  tolerates it: counted in :attr:`VideoSample.decode_errors` and logged as a warning, never silent.
+* **Geometry**: frames whose size differs from the stream's are scaled (bicubic) to it; the display matrix
+  (rotation, phone videos) is applied by default as players do (``upright=False`` keeps the stored orientation,
+  which is what the authors' decord pipeline gives).
+* **Short videos** repeat frames (3 frames asked for 12 give ``[0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2]``); still
+  images are 1-frame videos.
+* **Clips** ``start``/``end`` (seconds from the first shown frame) select the frames displayed during
+  ``[start, end)``. In MPEG-TS/PS, timestamp jumps of more than 10 s (discontinuities, as ffmpeg's
+  ``-dts_delta_threshold``) are closed up, so seconds keep counting through them.
+* **Errors** raise :class:`VideoDecodeError`, whose message names the file and the cause in words: a missing or
+  unreadable file, no video stream, a file cut short before the end its container structure declares, a stream
+  none of whose packets decodes, a clip that starts after the end. Bad arguments raise ``ValueError``.
 
 Everything is opened and closed inside each call, so the functions are safe in ``DataLoader`` workers.
+The index (what the frames are) is :mod:`modeling_pig.video_index`; opening, stream choice, truncation, damage
+counting and frame geometry are :mod:`modeling_pig.video_container`. This module (the public API, sampling and
+the two decoding paths, which share one set of invariants) is longer than the ~450 lines the project aims at,
+mostly docstrings; splitting the two paths apart would separate code that must agree frame for frame.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import math
 import os
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import av
+
+from .video_container import (
+    DecodeStats,
+    FrameGeometry,
+    VideoDecodeError,
+    choose_video_stream,
+    decode_packet,
+    describe_error,
+    open_container,
+    truncation_cause,
+)
+from .video_index import Timeline, index_stream, resolve_head
 
 __all__ = [
     "VideoDecodeError",
@@ -50,23 +75,18 @@ __all__ = [
     "read_video",
     "read_video_frames",
     "decode_all_frames",
-    "MAX_UNDECODABLE_FRAMES",
     "SEEK_MIN_SKIPPED_PACKETS",
     "VIDEO_EXTENSIONS",
     "find_videos",
 ]
+
+logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".3g2",
                     ".mts", ".m2ts", ".ts", ".flv", ".ogv")
 """File name suffixes (lower case) treated as videos wherever files are found by name: `find_videos`
 (`pig index`) and the benchmark loaders. Order matters to the loaders: when two files share a stem (video0.mp4
 and video0.webm) the earlier extension wins."""
-
-MAX_UNDECODABLE_FRAMES = 2
-"""How many listed frames may fail to come out of the decoder before the file counts as corrupt.
-
-Files written by some tools (e.g. OpenCV's writer) list a last packet that decodes to nothing; the frame count is
-then the number of frames that did decode. More missing frames than this is a truncated or corrupt file."""
 
 SEEK_MIN_SKIPPED_PACKETS = 4
 """Seek to the keyframe before the next target only when that skips at least this many packets.
@@ -80,28 +100,23 @@ files and took the most CPU time on them. Measured with ``benchmarks/bench_decod
 docs/performance.md. 4 rather than 2 leaves a margin for containers whose seek is a search through the file
 (MPEG-TS, Matroska without cues)."""
 
-_READ_TIMEOUT_S = 60.0  # a stalled read (network filesystem) raises instead of hanging forever
+_KEEP_NEAR_TARGETS = 2  # the counting pass keeps this many frames before each target, for a count that differs
 _TIME_EPS = 1e-6  # seconds; tolerance when comparing clip bounds with frame timestamps
-_TRUNCATION_TOLERANCE_S = 0.25  # frames may end this much before a declared stream duration
+# Decoders whose skip_frame="NONREF" drops exactly the frames nothing refers to (checked against full decodes in
+# tests/test_video_corpus.py). Others (AV1 through libdav1d) decode every packet from the keyframe on.
+_SKIP_NONREF_DECODERS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "vp8", "vp9"})
 
 
 def find_videos(folder: str | os.PathLike, recursive: bool = False,
                 extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[str]:
-    """Absolute paths of the video files in `folder` (by extension, case-insensitive), sorted."""
+    """Absolute paths of the video files in `folder` (by extension, case-insensitive), sorted. Symbolic links
+    keep their own names (two links to one file are two paths; `VideoIndex.build` indexes the file once)."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"{folder}: not a folder")
     extensions = tuple(e.lower() for e in extensions)
     pattern = root.rglob("*") if recursive else root.glob("*")
-    return sorted(str(p.resolve()) for p in pattern if p.is_file() and p.suffix.lower() in extensions)
-
-
-class VideoDecodeError(RuntimeError):
-    """A video file could not be decoded into the frames asked for.
-
-    Raised for a missing file, a file with no video stream, a corrupt or truncated file, a decode that yields
-    fewer frames than the container lists, and a clip outside the video. The message names the file and the cause.
-    """
+    return sorted(os.path.abspath(p) for p in pattern if p.is_file() and p.suffix.lower() in extensions)
 
 
 def sample_frame_indices(
@@ -159,15 +174,19 @@ class VideoSample:
     """Frames sampled from a video, with where they came from.
 
     Attributes:
-        frames: ``uint8 [num_frames, H, W, 3]`` RGB.
+        frames: ``uint8 [num_frames, H, W, 3]`` RGB (upright unless ``upright=False`` was asked).
         indices: frame index of each row of ``frames`` within the whole video (presentation order).
-        num_video_frames: decodable frames in the video; None when only the part up to the clip's end was read.
+        num_video_frames: frames in the video; None when only the part up to the clip's end was read.
         clip_range: ``(first, last)`` frame index of the clip that was sampled (both included).
         timestamps: seconds from the first frame, for each row of ``frames`` (empty when the file has neither
             timestamps nor a frame rate).
         decode_path: ``"timestamp"`` (seeks and skips allowed) or ``"sequential"`` (the counting fallback).
         packets_decoded: packets sent to the decoder, over all passes (skipped non-reference frames included).
         seeks: seeks made.
+        decode_errors: damage the decoder concealed in the packets this read decoded (packets it rejected plus
+            frames it flagged corrupt), as ffmpeg reports "Error while decoding"; 0 for a clean file.
+        orientation: the transform applied to show the frames upright, in ffmpeg's filter names
+            (``"transpose=clock"``, ``"hflip,vflip"``, ...); ``""`` when none was applied.
     """
 
     frames: np.ndarray
@@ -178,6 +197,8 @@ class VideoSample:
     decode_path: str = "sequential"
     packets_decoded: int = 0
     seeks: int = 0
+    decode_errors: int = 0
+    orientation: str = ""
 
 
 def read_video_frames(
@@ -187,26 +208,31 @@ def read_video_frames(
     start: float | None = None,
     end: float | None = None,
     generator: torch.Generator | None = None,
+    *,
+    upright: bool = True,
 ) -> np.ndarray:
     """Decode ``num_frames`` frames of a video file, sampled as the PIG authors do.
 
     Args:
-        path: a video file (mp4, mov, avi, webm, mkv, ...; anything FFmpeg reads, still images included).
+        path: a video file (mp4, mov, avi, webm, mkv, ts, ...; anything FFmpeg plays, still images included).
         num_frames: frames to return.
         mode: ``"test"`` (evenly spaced, deterministic) or ``"train"`` (jittered ends); see
             :func:`sample_frame_indices`.
         start, end: optional clip bounds in seconds from the first frame; ``None`` means the video's start / end.
         generator: random source for ``mode="train"`` (torch's global RNG when None).
+        upright: apply the display matrix (rotation/mirroring metadata of phone videos) as players do; False
+            returns frames in their stored orientation, as the authors' decord pipeline does.
 
     Returns:
         ``uint8 [num_frames, H, W, 3]`` RGB frames.
 
     Raises:
-        VideoDecodeError: the file is missing, has no video stream, is corrupt or truncated, or the clip lies
-            outside the video.
+        VideoDecodeError: the file is missing, unreadable, cut short, has no video stream or no decodable frame,
+            or the clip lies outside the video.
         ValueError: invalid arguments.
     """
-    return read_video(path, num_frames=num_frames, mode=mode, start=start, end=end, generator=generator).frames
+    return read_video(path, num_frames=num_frames, mode=mode, start=start, end=end, generator=generator,
+                      upright=upright).frames
 
 
 def read_video(
@@ -216,96 +242,113 @@ def read_video(
     start: float | None = None,
     end: float | None = None,
     generator: torch.Generator | None = None,
+    *,
+    upright: bool = True,
 ) -> VideoSample:
-    """Like :func:`read_video_frames`, but also returns the indices, timestamps and frame count (a :class:`VideoSample`)."""
+    """Like :func:`read_video_frames`, but returns a :class:`VideoSample` (indices, timestamps, counts, errors)."""
     _check_clip_bounds(start, end)
     if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
     if mode not in ("test", "train"):
         raise ValueError(f"mode must be 'test' or 'train', got {mode!r}")
     path = _check_path(path)
-    # The RNG state is kept so that, if the true frame count turns out smaller than the listed one, the
+    # The RNG state is kept so that, if the true frame count turns out to differ from the listed one, the
     # indices can be drawn again as if the true count had been known from the start (same draws, one result).
     rng_state = generator.get_state() if generator is not None else torch.get_rng_state()
 
-    stats = _DecodeStats()
-    with _open(path) as container:
-        stream = _video_stream(container, path)
-        timeline = _index_stream(container, stream, path, end)
+    stats = DecodeStats()
+    with open_container(path) as container:
+        stream = choose_video_stream(container, path)
+        stream_index = stream.index
+        _check_complete(path)
+        timeline = index_stream(container, stream, path, end)
+        if timeline.head:
+            timeline = resolve_head(path, stream_index, timeline, stats)
+        geometry = FrameGeometry(stream, upright)
         plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
         if timeline.timestamps_trusted:
             try:
-                frames = _decode_by_timestamp(container, stream, timeline, plan.indices, stats)
-                return plan.result(frames, timeline, "timestamp", stats)
-            except _FallBack:
-                pass  # decode again below, counting frames: the slower path that needs no timestamps
+                frames = _decode_by_timestamp(container, stream, timeline, plan.indices, stats, geometry)
+                return plan.result(frames, timeline, "timestamp", stats, geometry)
+            except _FallBack as reason:
+                logger.debug("%s: decoding in order from the first frame (%s)", path, reason)
+                stats.clear_errors()  # the counting pass decodes those packets again
         sampling = (num_frames, mode, start, end)
         packets = _rewind(container, stream, timeline)
         if packets is not None:
-            return _read_sequentially(path, packets, timeline, plan, sampling, generator, rng_state, stats)
+            return _read_sequentially(path, stream_index, packets, timeline, plan, sampling, generator, rng_state,
+                                      stats, geometry)
     # The container could not be brought back to its first packet: open it again.
-    with _open(path) as container:
-        packets = container.demux(_video_stream(container, path))
-        return _read_sequentially(path, packets, timeline, plan, sampling, generator, rng_state, stats)
+    with open_container(path) as container:
+        packets = container.demux(container.streams[stream_index])
+        return _read_sequentially(path, stream_index, packets, timeline, plan, sampling, generator, rng_state,
+                                  stats, geometry)
 
 
-def _read_sequentially(path, packets, timeline, plan, sampling, generator, rng_state, stats) -> VideoSample:
+def _read_sequentially(path, stream_index, packets, timeline, plan, sampling, generator, rng_state, stats,
+                       geometry) -> VideoSample:
     """The counting fallback: decode ``packets`` (which start at the stream's first packet), counting frames.
 
     When the clip runs to the end of the video, decoding goes on to the end of the stream to count the frames
-    that really decode; if that is fewer than the container lists (by at most MAX_UNDECODABLE_FRAMES), the
-    indices are drawn again, with the same random draws, for the true count. Frames up to
-    MAX_UNDECODABLE_FRAMES before each target are kept, so that this rarely needs a second pass.
+    that really come out. If the frames that came out differ from the index's (a count that differs, or a frame
+    the decoder dropped on the way), the timeline is corrected from them and the indices are drawn again, with the
+    same random draws (frames near each target are kept, so that this rarely needs a second pass).
     """
     num_frames, mode, start, end = sampling
     to_end = timeline.reached_end and plan.clip_range[1] == timeline.num_frames - 1
-    kept, decoded_count = _decode_by_count(packets, plan.indices, path, MAX_UNDECODABLE_FRAMES, to_end, stats)
-    if decoded_count < timeline.num_frames and (to_end or decoded_count <= max(plan.indices)):
-        missing = timeline.num_frames - decoded_count
-        if decoded_count == 0 or missing > MAX_UNDECODABLE_FRAMES:
-            raise VideoDecodeError(
-                f"{path}: the container lists {timeline.num_frames} video frames but only {decoded_count} "
-                "could be decoded; the file is truncated or corrupt"
-            )
-        timeline = timeline.truncated(decoded_count)
+    kept, spare, seen = _decode_by_count(path, packets, plan.indices, _KEEP_NEAR_TARGETS, to_end, stats, geometry)
+    if not seen:
+        raise VideoDecodeError(f"{path}: no frame of the video stream decodes ({_why_nothing(stats)})")
+    corrected = timeline.observed(seen, complete=to_end or len(seen) <= max(plan.indices))
+    if corrected is not None:
+        logger.debug("%s: the index lists %d frames, the decoder gives %d", path, timeline.num_frames, len(seen))
+        timeline = corrected
         _restore_rng(generator, rng_state)
         plan = _SamplingPlan.make(timeline, num_frames, mode, start, end, generator, path)
+        kept.update((i, spare[i]()) for i in set(plan.indices) - kept.keys() if i in spare)
         if not set(plan.indices) <= kept.keys():
-            with _open(path) as container:
-                packets = container.demux(_video_stream(container, path))
-                kept, decoded_count = _decode_by_count(packets, plan.indices, path, 0, False, stats)
-            if decoded_count <= max(plan.indices):
+            stats.clear_errors()
+            with open_container(path) as container:
+                packets = container.demux(container.streams[stream_index])
+                kept, _, seen = _decode_by_count(path, packets, plan.indices, 0, False, stats, geometry)
+            if len(seen) <= max(plan.indices):
                 raise VideoDecodeError(f"{path}: the number of decodable frames changed between two decodes")
-    corrupt = sorted(i for i in set(plan.indices) if kept[i].is_corrupt)
-    if corrupt:
-        raise VideoDecodeError(f"{path}: the decoder flagged frame(s) {corrupt} as corrupt; the file is damaged")
-    frames = {i: kept[i].to_ndarray(format="rgb24") for i in set(plan.indices)}
-    return plan.result(frames, timeline, "sequential", stats)
+    return plan.result(kept, timeline, "sequential", stats, geometry)
 
 
-def decode_all_frames(path: str | os.PathLike) -> np.ndarray:
-    """Decode every frame of a video, in order: ``uint8 [N, H, W, 3]``.
+def decode_all_frames(path: str | os.PathLike, *, upright: bool = True) -> np.ndarray:
+    """Decode every frame of a video, in order: ``uint8 [N, H, W, 3]``, as ffmpeg shows them.
 
-    The simple, slow reference (memory grows with the video's length); :func:`read_video_frames` is what to use
-    for sampling. Raises :class:`VideoDecodeError` like it.
+    The simple, slow reference (memory grows with the video's length; it counts frames as ffprobe's
+    ``-count_frames`` does): :func:`read_video_frames` is what to use for sampling, and returns the very frames
+    this gives at its indices. Same stream choice, damage handling, geometry and errors.
     """
     path = _check_path(path)
-    with _open(path) as container:
-        stream = _video_stream(container, path)
+    stats = DecodeStats()
+    with open_container(path) as container:
+        stream = choose_video_stream(container, path)
+        _check_complete(path)
+        geometry = FrameGeometry(stream, upright)
         frames = []
         try:
             for packet in container.demux(stream):
-                for frame in packet.decode():
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                stats.packets += bool(packet.size)
+                frames.extend(geometry.rgb(frame) for frame in decode_packet(packet, stats))
         except av.error.FFmpegError as err:
-            raise VideoDecodeError(f"{path}: decoding failed after {len(frames)} frames ({_describe(err)})") from err
+            raise VideoDecodeError(
+                f"{path}: reading the video stream failed after {stats.packets} packets ({describe_error(err)}); "
+                "the file is corrupt"
+            ) from err
     if not frames:
-        raise VideoDecodeError(f"{path}: the video stream contains no decodable frame")
-    return _stack(frames, path)
+        if not stats.packets:
+            raise VideoDecodeError(f"{path}: the video stream holds no frames")
+        raise VideoDecodeError(f"{path}: no frame of the video stream decodes ({_why_nothing(stats)})")
+    _log_errors(path, stats)
+    return np.stack(frames)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Opening and indexing
+# Checks
 
 
 def _check_path(path) -> str:
@@ -329,150 +372,15 @@ def _check_clip_bounds(start, end) -> None:
         raise ValueError(f"end ({end}) must be greater than start ({start})")
 
 
-def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+def _check_complete(path: str) -> None:
+    """A file that ends before its own container structure says it does is cut short: refused."""
+    cause = truncation_cause(path)
+    if cause is not None:
+        raise VideoDecodeError(f"{path}: {cause}")
 
 
-def _open(path: str):
-    try:
-        return av.open(path, metadata_errors="ignore", timeout=_READ_TIMEOUT_S)
-    except av.error.FFmpegError as err:
-        raise VideoDecodeError(f"{path}: not a readable media file ({_describe(err)})") from err
-
-
-def _video_stream(container, path: str):
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
-        raise VideoDecodeError(f"{path}: the file has no video stream (streams: {', '.join(kinds)})")
-    return container.streams.video[0]
-
-
-@dataclass
-class _Timeline:
-    """Every frame of the stream (up to where indexing stopped), from one demux pass without decoding.
-
-    ``pts`` are sorted (presentation order), so frame ``i`` has timestamp ``pts[i]``. ``keyframe_pts`` and
-    ``decode_position`` (packet number in decode order, per pts) drive seeking. Without usable timestamps
-    (``pts is None``), times come from the frame rate and only the sequential decode is used.
-    """
-
-    num_frames: int
-    pts: list[int] | None
-    seconds: list[float]
-    keyframe_pts: list[int]
-    keyframe_dts: dict[int, int | None]
-    decode_position: dict[int, int]
-    timestamps_trusted: bool
-    reached_end: bool
-    first_packet: tuple[int | None, int | None] = (None, None)  # (pts, dts) of the first packet in decode order
-
-    def truncated(self, num_frames: int) -> "_Timeline":
-        """The same timeline with only its first ``num_frames`` frames (the ones that decode)."""
-        return _Timeline(
-            num_frames=num_frames,
-            pts=None if self.pts is None else self.pts[:num_frames],
-            seconds=self.seconds[:num_frames],
-            keyframe_pts=self.keyframe_pts,
-            keyframe_dts=self.keyframe_dts,
-            decode_position=self.decode_position,
-            timestamps_trusted=False,
-            reached_end=self.reached_end,
-            first_packet=self.first_packet,
-        )
-
-
-def _index_stream(container, stream, path: str, end: float | None) -> _Timeline:
-    """Demux (no decoding) the video packets, up to the clip's end when one is given; check none is missing."""
-    time_base = stream.time_base
-    entries = []  # (pts, dts, is_keyframe) in decode order, non-empty packets only
-    listed = 0  # packets the demuxer gave, empty ones included (old AVI files mark dropped frames so)
-    end_pts = None
-    reached_end = True
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0 and packet.pts is None and packet.dts is None:
-                continue  # the empty packet PyAV appends at the end to flush the decoder
-            listed += 1
-            if packet.size == 0:
-                continue
-            if end_pts is None and end is not None and entries and entries[0][0] is not None and time_base:
-                end_pts = entries[0][0] + math.ceil(end / time_base) + 1
-            if end_pts is not None and packet.dts is not None and packet.dts > end_pts and len(entries) > 1:
-                # decode timestamps only grow and pts >= dts: no later packet can be shown before `end`
-                reached_end = False
-                break
-            entries.append((packet.pts, packet.dts, bool(packet.is_keyframe)))
-    except av.error.FFmpegError as err:
-        raise VideoDecodeError(
-            f"{path}: reading the video stream failed after {len(entries)} packets ({_describe(err)}); "
-            "the file is truncated or corrupt"
-        ) from err
-    if reached_end and stream.frames and stream.frames - listed > MAX_UNDECODABLE_FRAMES:
-        raise VideoDecodeError(
-            f"{path}: the container header lists {stream.frames} video frames but only {listed} could be read; "
-            "the file is truncated"
-        )
-    if not entries:
-        raise VideoDecodeError(f"{path}: the video stream contains no frame")
-
-    all_pts = [e[0] for e in entries]
-    if all(p is not None for p in all_pts) and len(set(all_pts)) == len(all_pts):
-        pts_sorted = sorted(all_pts)
-        seconds = [float((p - pts_sorted[0]) * time_base) for p in pts_sorted]
-        # A stream whose codec reorders frames (B-frames) but whose packets all carry pts == dts (OpenCV's
-        # writer does this) has timestamps that do not give the display order: only counting decoded frames
-        # is right then. Such files are told apart here; anything subtler is caught while decoding.
-        reorders = bool(getattr(stream.codec_context, "has_b_frames", 0))
-        pts_copied_from_dts = all(e[0] == e[1] for e in entries) and all(a < b for a, b in zip(all_pts, all_pts[1:]))
-        timeline = _Timeline(
-            num_frames=len(entries),
-            pts=pts_sorted,
-            seconds=seconds,
-            keyframe_pts=sorted(e[0] for e in entries if e[2]),
-            keyframe_dts={e[0]: e[1] for e in entries if e[2]},
-            decode_position={e[0]: i for i, e in enumerate(entries)},
-            timestamps_trusted=not (reorders and pts_copied_from_dts) and len(entries) > 1,
-            reached_end=reached_end,
-            first_packet=entries[0][:2],
-        )
-    else:
-        rate = stream.average_rate or stream.guessed_rate
-        seconds = [i / float(rate) for i in range(len(entries))] if rate else []
-        timeline = _Timeline(len(entries), None, seconds, [], {}, {}, False, reached_end)
-    if reached_end and not stream.frames:
-        _check_duration(stream, timeline, path)
-    return timeline
-
-
-def _check_duration(stream, timeline: _Timeline, path: str) -> None:
-    """For containers that list no frame count (Matroska/WebM, MPEG-TS, ...), compare the stream's declared
-    duration with the time its frames cover: a file cut short keeps its header and loses its last frames."""
-    declared = None
-    if stream.duration and stream.time_base:
-        declared = float(stream.duration * stream.time_base)
-    else:
-        declared = _parse_duration_tag(stream.metadata.get("DURATION") or stream.metadata.get("duration"))
-    seconds = timeline.seconds
-    if declared is None or len(seconds) < 2:
-        return
-    frame_duration = (seconds[-1] - seconds[0]) / (len(seconds) - 1)
-    covered = seconds[-1] + frame_duration
-    if declared - covered > max(_TRUNCATION_TOLERANCE_S, 3 * frame_duration):
-        raise VideoDecodeError(
-            f"{path}: the video stream declares {declared:.3f} s but its frames end at {covered:.3f} s; "
-            "the file is truncated"
-        )
-
-
-def _parse_duration_tag(value) -> float | None:
-    """Matroska's per-track ``DURATION`` tag, ``HH:MM:SS.nnnnnnnnn``; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        hours, minutes, secs = str(value).strip().split(":")
-        return int(hours) * 3600 + int(minutes) * 60 + float(secs)
-    except ValueError:
-        return None
+# ---------------------------------------------------------------------------------------------------------------
+# Sampling plan
 
 
 @dataclass
@@ -484,15 +392,17 @@ class _SamplingPlan:
     path: str
 
     @classmethod
-    def make(cls, timeline: _Timeline, num_frames, mode, start, end, generator, path) -> "_SamplingPlan":
+    def make(cls, timeline: Timeline, num_frames, mode, start, end, generator, path) -> "_SamplingPlan":
         first, last = _clip_range(timeline, start, end, path)
         local = sample_frame_indices(last - first + 1, num_frames, mode, generator)
         return cls([first + i for i in local], (first, last), path)
 
-    def result(self, frames: dict, timeline: _Timeline, decode_path: str, stats: "_DecodeStats") -> VideoSample:
+    def result(self, frames: dict, timeline: Timeline, decode_path: str, stats: DecodeStats,
+               geometry: FrameGeometry) -> VideoSample:
         rows = [frames[i] for i in self.indices]  # repeated indices share one decoded frame
+        _log_errors(self.path, stats)
         return VideoSample(
-            frames=_stack(rows, self.path),
+            frames=np.stack(rows),  # [T, H, W, 3]; every frame has the geometry's size
             indices=list(self.indices),
             num_video_frames=timeline.num_frames if timeline.reached_end else None,
             clip_range=self.clip_range,
@@ -500,10 +410,12 @@ class _SamplingPlan:
             decode_path=decode_path,
             packets_decoded=stats.packets,
             seeks=stats.seeks,
+            decode_errors=stats.errors,
+            orientation=geometry.orientation or "",
         )
 
 
-def _clip_range(timeline: _Timeline, start, end, path) -> tuple[int, int]:
+def _clip_range(timeline: Timeline, start, end, path) -> tuple[int, int]:
     """First and last frame shown during ``[start, end)`` seconds; the whole video when both are None."""
     last = timeline.num_frames - 1
     if start is None and end is None:
@@ -535,13 +447,6 @@ def _restore_rng(generator, state) -> None:
         torch.set_rng_state(state)
 
 
-def _stack(frames: list[np.ndarray], path: str) -> np.ndarray:
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise VideoDecodeError(f"{path}: the frame size changes inside the video ({sorted(shapes)})")
-    return np.stack(frames)  # [T, H, W, 3]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Decoding
 
@@ -550,25 +455,32 @@ class _FallBack(Exception):
     """The timestamp-driven decode cannot be trusted for this file; decode again sequentially."""
 
 
-@dataclass
-class _DecodeStats:
-    packets: int = 0  # packets sent to the decoder
-    seeks: int = 0
+def _why_nothing(stats: DecodeStats) -> str:
+    return stats.first_error or "the decoder output no frame"
 
 
-def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[int], stats: _DecodeStats) -> dict:
+def _log_errors(path: str, stats: DecodeStats) -> None:
+    if stats.errors:
+        logger.warning("%s: %d decode error(s) concealed while decoding the frames returned, as ffmpeg would show "
+                       "them (first: %s)", path, stats.errors, stats.first_error)
+
+
+def _decode_by_timestamp(container, stream, timeline: Timeline, indices: list[int], stats: DecodeStats,
+                         geometry: FrameGeometry) -> dict:
     """Decode the target frames, identified by their timestamps; seek and skip where that saves work.
 
     Returns index -> RGB array for every distinct index. Raises _FallBack when the stream does not behave
-    (out-of-order timestamps, a seek that lands past its target, a target that never comes out, a decoder error).
+    (out-of-order timestamps, a seek that lands past its target, a listed frame that does not come out, a damaged
+    target, a decoder error).
     """
     rank_of_pts = {p: i for i, p in enumerate(timeline.pts)}
     remaining = sorted(set(indices))  # target ranks still to decode, ascending
     remaining_pts = {timeline.pts[i] for i in remaining}
     codec = stream.codec_context
+    may_skip = codec.name in _SKIP_NONREF_DECODERS
     frames: dict[int, np.ndarray] = {}
     packets = None
-    position = None  # decode position (packet number) after the last packet sent; None right after a seek
+    position = 0  # decode position (packet number) of the next packet to come
     seeked_position = -1  # decode position of the keyframe the last seek aimed at
     last_rank = seek_rank = -1
     skip_mode = "DEFAULT"
@@ -579,27 +491,25 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
             # Seeks only ever aim at a later keyframe than the last one: a demuxer may land a whole GOP early
             # (seen on VFR MP4 files with B-frames), and aiming at the same keyframe again lands there again, forever.
             # So every keyframe is sought at most once and the loop ends.
-            if packets is None or (position is not None and keyframe_position > seeked_position
+            if packets is None or (keyframe_position > seeked_position
                                    and keyframe_position - position >= SEEK_MIN_SKIPPED_PACKETS):
-                packets = _seek(container, stream, timeline, keyframe, timeline.keyframe_dts.get(keyframe),
-                                keyframe_position)
+                packets, position = _seek(container, stream, timeline, keyframe, timeline.keyframe_dts.get(keyframe),
+                                          keyframe_position)
                 stats.seeks += 1
-                position, last_rank, seek_rank = None, -1, rank_of_pts[keyframe]
+                # frames shown before the keyframe (leading pictures of an open GOP) are not decodable from here
+                last_rank, seek_rank = -1, bisect.bisect_left(timeline.pts, keyframe)
                 seeked_position = keyframe_position
             packet = next(packets, None)
             if packet is None:
                 raise _FallBack("the stream ended before every target frame was decoded")
             if packet.size:
-                packet_position = timeline.decode_position.get(packet.pts)
-                if packet_position is None:
-                    raise _FallBack("a packet has a timestamp the index did not list")
-                position = packet_position + 1
+                position += 1
                 stats.packets += 1
-                # Non-reference frames that are not targets are skipped: no other frame depends on them.
-                mode = "DEFAULT" if packet.pts in remaining_pts else "NONREF"
-                if mode != skip_mode:
-                    codec.skip_frame = mode
-                    skip_mode = mode
+                if may_skip:  # non-reference frames that are not targets are skipped: no other frame needs them
+                    mode = "DEFAULT" if packet.pts in remaining_pts else "NONREF"
+                    if mode != skip_mode:
+                        codec.skip_frame = mode
+                        skip_mode = mode
             for frame in packet.decode():
                 rank = rank_of_pts.get(frame.pts)
                 if rank is None:
@@ -608,27 +518,33 @@ def _decode_by_timestamp(container, stream, timeline: _Timeline, indices: list[i
                     continue  # a leading frame of an open GOP, shown before the keyframe we seeked to
                 if rank <= last_rank:
                     raise _FallBack("the decoder produced frames out of timestamp order")
+                if rank > remaining[0]:
+                    raise _FallBack("the decoder did not output a frame the index lists")
                 last_rank = rank
                 if frame.pts in remaining_pts:
                     if frame.is_corrupt:
                         raise _FallBack("the decoder flagged a target frame as corrupt")
-                    frames[rank] = frame.to_ndarray(format="rgb24")
+                    frames[rank] = geometry.rgb(frame)
                     remaining_pts.discard(frame.pts)
                     remaining.remove(rank)
+                    if not remaining:
+                        break
+                elif frame.is_corrupt:
+                    stats.error("a frame the decoder flagged as corrupt (damage concealed)")
     except av.error.FFmpegError as err:
-        raise _FallBack(_describe(err)) from err
+        raise _FallBack(describe_error(err)) from err
     finally:
         if skip_mode != "DEFAULT":
             codec.skip_frame = "DEFAULT"
     return frames
 
 
-def _seek(container, stream, timeline: _Timeline, pts: int, dts: int | None, max_position: int):
+def _seek(container, stream, timeline: Timeline, pts: int, dts: int | None, max_position: int):
     """Seek so that demuxing resumes at or before decode position ``max_position`` (the packet with ``pts``/``dts``).
 
-    Returns the packet iterator. Demuxers seek by pts (Matroska) or by dts (MP4, MPEG-TS; MPEG-TS also ignores
-    keyframes), so the pts is tried first and the dts second; the first packet tells whether the landing is
-    early enough. Raises _FallBack when neither is.
+    Returns the packet iterator and the decode position of its first packet. Demuxers seek by pts (Matroska) or
+    by dts (MP4, MPEG-TS; MPEG-TS also ignores keyframes), so the pts is tried first and the dts second; the first
+    packet tells whether the landing is early enough. Raises _FallBack when neither is.
     """
     for target in dict.fromkeys((pts, dts)):
         if target is None:
@@ -638,21 +554,24 @@ def _seek(container, stream, timeline: _Timeline, pts: int, dts: int | None, max
         first = next(packets, None)
         landing = timeline.decode_position.get(first.pts) if first is not None and first.size else None
         if landing is not None and landing <= max_position:
-            return itertools.chain([first], packets)
+            return itertools.chain([first], packets), landing
     raise _FallBack(f"no seek lands at or before packet {max_position}")
 
 
-def _rewind(container, stream, timeline: _Timeline):
-    """The container's packets from the stream's very first packet on, or None when seeking cannot get there."""
-    if timeline.pts is None:
+def _rewind(container, stream, timeline: Timeline):
+    """The container's packets from the stream's very first packet on (the decoder flushed by the seek), or None
+    when seeking cannot get there; cheaper than opening the file again, which probes the streams anew."""
+    first = timeline.entries[0]
+    if first.pts is None:
         return None
     try:
-        return _seek(container, stream, timeline, *timeline.first_packet, max_position=0)
+        packets, _ = _seek(container, stream, timeline, first.pts, first.dts, max_position=0)
+        return packets
     except (_FallBack, av.error.FFmpegError):
         return None
 
 
-def _keyframe_before(timeline: _Timeline, pts: int) -> int:
+def _keyframe_before(timeline: Timeline, pts: int) -> int:
     """The pts of the last keyframe shown at or before ``pts`` (the first keyframe if none is)."""
     position = bisect.bisect_right(timeline.keyframe_pts, pts) - 1
     if position < 0:
@@ -660,29 +579,47 @@ def _keyframe_before(timeline: _Timeline, pts: int) -> int:
     return timeline.keyframe_pts[position]
 
 
-def _decode_by_count(packets, indices, path: str, keep_before: int, to_end: bool, stats: _DecodeStats):
+def _decode_by_count(path: str, packets, indices, keep_before: int, to_end: bool, stats: DecodeStats,
+                     geometry: FrameGeometry):
     """Decode ``packets`` (from the stream's first packet on), counting frames as they come out.
 
-    Keeps (as PyAV frames, not yet converted to RGB) every frame whose index lies within ``keep_before`` frames
-    before a target, the targets included. Stops after the last target, or at the end of the stream when
-    ``to_end``. Returns ``(kept, count)``: ``count`` is the number of frames decoded, which is the number of
-    frames in the stream when it ended first.
+    Stops after the last target, or at the end of the stream when ``to_end``. Returns ``(kept, spare, seen)``:
+    ``kept`` maps each target index to its RGB array; ``spare`` maps the ``keep_before`` frames before each target
+    to a callable giving theirs (needed only if the count turns out to differ from the index); ``seen`` holds the
+    pts of every frame decoded, so its length is the number of frames in the stream when it ended first. Damage is
+    tolerated and counted (:func:`decode_packet`); an error of the demuxer is not (the file is corrupt there).
+
+    Targets are converted as they come out. A frame the decoder has output may still change while it conceals
+    damage (seen with H.264: frames at and after a damaged one, kept unconverted, later differed from a decode
+    that converts each at once), so once damage has been met every kept frame is converted at once too; on a
+    clean stream the spare frames wait, as they are rarely needed.
     """
-    keep = {i - back for i in indices for back in range(keep_before + 1) if i - back >= 0}
+    targets = set(indices)
+    spares = {i - back for i in targets for back in range(1, keep_before + 1) if i - back >= 0} - targets
     last_target = max(indices)
-    kept = {}
-    count = 0
+    kept, waiting, seen = {}, {}, []
     try:
         for packet in packets:
             stats.packets += bool(packet.size)
-            for frame in packet.decode():
-                if count in keep:
-                    kept[count] = frame
-                count += 1
-                if count > last_target and not to_end:
-                    return kept, count
+            for frame in decode_packet(packet, stats):
+                index = len(seen)
+                if index in targets or (index in spares and stats.errors):
+                    kept[index] = geometry.rgb(frame)
+                elif index in spares:
+                    waiting[index] = frame
+                if stats.errors and waiting:
+                    kept.update((i, geometry.rgb(f)) for i, f in waiting.items())
+                    waiting.clear()
+                seen.append(frame.pts)
+                if len(seen) > last_target and not to_end:
+                    return kept, _spare(waiting, geometry), seen
     except av.error.FFmpegError as err:
         raise VideoDecodeError(
-            f"{path}: decoding failed after {count} frames ({_describe(err)}); the file is corrupt or truncated"
+            f"{path}: reading the video stream failed after {len(seen)} frames ({describe_error(err)}); "
+            "the file is corrupt"
         ) from err
-    return kept, count
+    return kept, _spare(waiting, geometry), seen
+
+
+def _spare(waiting: dict, geometry: FrameGeometry) -> dict:
+    return {index: (lambda frame=frame: geometry.rgb(frame)) for index, frame in waiting.items()}

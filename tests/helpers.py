@@ -190,3 +190,20 @@ def tiny_argv(output_dir, data_dir, *extra):
             "--logging_steps", "1", *extra]
 
 
+class Interrupted(Exception):
+    """Raised by `interrupt_after_checkpoint` to stop a run the way a crash would."""
+
+
+def interrupt_after_checkpoint(monkeypatch, stage, step):
+    """Make the next run stop (raise Interrupted) right after it saved the checkpoint of `stage` at `step`."""
+    import training.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_stop(accelerator, state, directory, limit):
+        path = real_save(accelerator, state, directory, limit)
+        if state.stage == stage and state.step == step:
+            raise Interrupted
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)

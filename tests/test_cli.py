@@ -1,6 +1,7 @@
 """The `pig` console script end to end, in-process through `main` (plus one subprocess smoke test of the
 installed entry point), with a tiny random PIG model saved to disk."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -60,7 +61,8 @@ def test_pig_index_then_search_end_to_end(tiny_model_dir, shared_videos, tmp_pat
     assert status == 0, stderr
     assert "indexed 2 of 3 videos" in stdout
     assert "1 unreadable video(s) skipped" in stdout and "broken.mp4" in stdout
-    assert (out / "index.json").is_file() and (out / "embeddings.safetensors").is_file()
+    meta = json.loads((out / "index.json").read_text())
+    assert (out / meta["files"]["vectors"]).is_file() and (out / meta["files"]["videos"]).is_dir()
 
     status, stdout, stderr = pig(capsys, "search", out, "a man talks in a car", "a smiling face", "-k", 2,
                                  "--device", "cpu")
@@ -106,18 +108,24 @@ def test_index_of_an_empty_folder_fails_clearly(tmp_path, capsys):
     assert status == 2 and stderr.strip() == f"error: no video files in {tmp_path / 'empty'} (try --recursive)"
 
 
-def test_user_mistakes_are_one_line_and_exit_status_2(tmp_path, shared_videos, capsys):
+def test_user_mistakes_are_one_line_and_exit_status_2(tiny_model_dir, tmp_path, shared_videos, capsys):
     (tmp_path / "videos").mkdir()
     shutil.copy(shared_videos[0], tmp_path / "videos" / "a.mp4")
     cases = {
         ("index", tmp_path / "missing", "--model", tmp_path, "--out", tmp_path / "i"): "missing: not a folder",
         ("index", tmp_path / "videos", "--model", tmp_path / "nowhere", "--out", tmp_path / "i"): "--model",
         ("search", tmp_path / "videos", "a dog"): "not a VideoIndex folder",
-        ("info", tmp_path / "nothing"): "not a VideoIndex folder",
+        ("info", tmp_path / "nothing"): "nothing: no such index folder",
     }
     for args, expected in cases.items():
         status, _, stderr = pig(capsys, *args)
         assert status == 2 and expected in stderr, (args, stderr)
         assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    shutil.copytree(tiny_model_dir, tmp_path / "bad_model")
+    (tmp_path / "bad_model" / "config.json").write_text(json.dumps({**config, "its_top_k": -1}))
+    status, _, stderr = pig(capsys, "index", tmp_path / "videos", "--model", tmp_path / "bad_model", "--out",
+                            tmp_path / "i")
+    assert status == 2 and "its_top_k" in stderr and len(stderr.strip().splitlines()) == 1, stderr
     status, _, stderr = pig(capsys, "search")  # argparse's own usage error
     assert status == 2 and "usage: pig" in stderr

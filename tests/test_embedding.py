@@ -5,12 +5,12 @@ from helpers import FakeModel, FakeProcessor
 
 from modeling_pig.embedding import (
     EmbeddingStore,
-    encode_texts,
     model_fingerprint,
     processor_signature,
     text_signature,
     video_signature,
 )
+from modeling_pig.encoding import encode_texts
 
 
 def section_of(store, model=None, processor=None):

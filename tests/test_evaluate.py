@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import FakeModel, FakeProcessor, tiny_pig
 
-from modeling_pig.embedding import encode_videos
+from modeling_pig.encoding import encode_videos
 from modeling_pig.metrics import compute_retrieval_metrics
 from modeling_pig.video_io import read_video_frames
 from training.eval_retrieval import (

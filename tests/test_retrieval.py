@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from helpers import FakeModel, FakeProcessor
 
-from modeling_pig.embedding import EmbeddingStore, encode_texts, encode_videos, model_fingerprint
+from modeling_pig.embedding import EmbeddingStore, model_fingerprint
+from modeling_pig.encoding import encode_texts, encode_videos
 from modeling_pig.index import INDEX_STORE_DIR, VideoIndex, exact_search
 from modeling_pig.video_io import find_videos, read_video_frames
 
@@ -110,7 +111,9 @@ def test_save_load_gives_identical_results(tmp_path, backend):
     if backend == "ivf":
         index.set_search_params(nprobe=3)
     index.save(tmp_path / "idx")
-    assert (tmp_path / "idx" / "faiss.index").exists() == (backend == "ivf")  # exact search stores no FAISS index
+    files = json.loads((tmp_path / "idx" / "index.json").read_text())["files"]
+    assert ("search" in files) == (backend == "ivf")  # exact search stores no FAISS index
+    assert all((tmp_path / "idx" / name).exists() for name in files.values())
     loaded = VideoIndex.load(tmp_path / "idx")
     queries = F.normalize(torch.randn(5, 16), dim=-1)
     assert loaded.backend == backend and loaded.paths == index.paths and loaded.failed == index.failed
@@ -126,7 +129,7 @@ def test_save_load_gives_identical_results(tmp_path, backend):
 
 def test_build_indexes_real_videos_and_reports_corrupt_file(fake, videos_with_corrupt, caplog):
     model, processor = fake
-    with caplog.at_level(logging.WARNING, logger="modeling_pig.embedding"):
+    with caplog.at_level(logging.WARNING, logger="modeling_pig.encoding"):
         index = VideoIndex.build(model, processor, videos_with_corrupt, batch_size=2, show_progress=False)
     assert len(index) == 3 and index.paths == videos_with_corrupt[:3]
     assert list(index.failed) == [videos_with_corrupt[3]]
@@ -269,7 +272,14 @@ def test_encode_texts_is_normalised_and_validates(fake):
         encode_texts(model, processor, "one string", show_progress=False)
 
 
-def test_index_json_is_plain_json(tmp_path):
-    VideoIndex(torch.eye(2), ["a", "b"]).save(tmp_path)
+def test_index_folder_is_plain_json_numpy_and_arrow(tmp_path):
+    import datasets
+
+    VideoIndex(torch.eye(2), ["a", "b"], failed={"c": "broken"}).save(tmp_path)
     meta = json.loads((tmp_path / "index.json").read_text())
-    assert meta["paths"] == ["a", "b"] and meta["backend"] == "exact" and meta["dim"] == 2
+    assert meta["backend"] == "exact" and meta["dim"] == 2 and meta["num_videos"] == 2 and meta["num_failed"] == 1
+    vectors = np.load(tmp_path / meta["files"]["vectors"])
+    assert vectors.dtype == np.float16 and vectors.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    table = datasets.load_from_disk(str(tmp_path / meta["files"]["videos"]))
+    assert table["path"][:] == ["a", "b", "c"] and table["status"][:] == ["indexed", "indexed", "failed"]
+    assert table["detail"][2] == "broken"

@@ -36,13 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling_pig.embedding import (
-    EmbeddingStore,
-    encode_texts,
-    encode_videos,
-    model_fingerprint,
-    processor_signature,
-)
+from modeling_pig.embedding import EmbeddingStore, model_fingerprint, processor_signature
+from modeling_pig.encoding import encode_texts, encode_videos
 from modeling_pig.loader import load_model_and_processor
 from modeling_pig.metrics import RECALL_KS, compute_retrieval_metrics
 from training.data import load_split
