@@ -10,8 +10,7 @@ import sys
 
 import pytest
 import torch
-from test_cli import pig, tiny_pig
-from test_serve import COLOURS, write_colour_video
+from helpers import COLOURS, pig, tiny_pig, write_colour_video
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_clip_config_dict
-from test_cli import pig, tiny_pig
-from test_retrieval import FakeModel, FakeProcessor
+from helpers import FakeModel, FakeProcessor, pig, tiny_pig
 
 from modeling_pig.embedding import model_fingerprint
 from modeling_pig.index import VideoIndex

@@ -17,29 +17,9 @@ from urllib.parse import quote
 import av
 import numpy as np
 import pytest
-from test_cli import pig_command, tiny_pig
+from helpers import COLOURS, pig_command, tiny_pig, write_colour_video
 
-COLOURS = {"red.mp4": (220, 30, 30), "nested/blue.mp4": (30, 40, 220), "green.mp4": (30, 200, 60),
-           "swap.mp4": (200, 200, 40)}
 SECRET = "top secret, not a video"
-
-
-def write_colour_video(path: Path, colour, num_frames: int = 12, size=(64, 48)) -> Path:
-    """A small H.264 file: a plain colour with a white bar that moves (browsers play it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    width, height = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=12)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(num_frames):
-            image = np.empty((height, width, 3), np.uint8)
-            image[:] = colour
-            image[:, (4 * i) % width: (4 * i) % width + 6] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
