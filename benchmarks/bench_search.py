@@ -19,7 +19,7 @@ Rows, for each size:
 * `ivf tuned`: the same, its nprobe raised by `VideoIndex.tune(T)` (on a query sample of its own), T =
   `--target_recall` (default 0.95);
 * `auto`: what `pig index --backend auto --target_recall T` builds above the threshold: IVF-PQ (`--pq_m` bytes
-  per video), its 20 x k best candidates rescored exactly from the fp16 vectors, nprobe tuned to T;
+  per video), its 50 x k best candidates rescored exactly from the fp16 vectors, nprobe tuned to T;
 * `ivfpq, no refine`: the same lists scanned, ranked by the PQ codes alone (what the codes lose);
 * `hnsw`: FAISS HNSW (only up to --hnsw_max vectors: slow to build).
 
@@ -231,6 +231,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch and FAISS threads (default: torch's default for both)")
     parser.add_argument("--no_open", action="store_true", help="skip the saved-index table")
+    parser.add_argument("--cases", nargs="+", default=None, metavar="CASE",
+                        help="only these rows (exact, ivf, 'ivf tuned', auto, 'ivfpq, no refine', hnsw)")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
     sizes = [2_000, 10_000] if args.quick else args.sizes
@@ -249,6 +251,8 @@ def main(argv=None) -> list[dict]:
         queries = noisy_queries(store, max(SINGLE_QUERIES, BATCH_QUERIES, RECALL_QUERIES), args.seed + 1)
         tuned_nprobe = None
         for name, backend, params, target in cases_for(n, args.hnsw_max, args.pq_m, args.pq_bits, args.target_recall):
+            if args.cases is not None and name not in args.cases:
+                continue
             if name == "ivfpq, no refine" and tuned_nprobe is not None:
                 params = {**params, "nprobe": tuned_nprobe}  # the lists auto scans, ranked by the codes alone
             for row in run_case(store, queries, name, backend, params, target):
@@ -257,7 +261,7 @@ def main(argv=None) -> list[dict]:
                     tuned_nprobe = row["params"].get("nprobe")
                 print(markdown_table(HEADERS, [format_row(row)]).splitlines()[-1], flush=True)
         if n == max(sizes) and not args.no_open:
-            auto = next(r for r in results if r["n"] == n and r["case"] == "auto") if n >= 1000 else None
+            auto = next((r for r in results if r["n"] == n and r["case"] == "auto"), None)
             opened.append(open_cost(store, queries, "exact", {}))
             if auto is not None:
                 opened.append(open_cost(store, queries, "ivfpq", auto["params"]))

@@ -17,6 +17,8 @@ the old index or the new one, never a mix:
     videos-<gen>/                  `datasets` Arrow table: path, status (indexed/failed/duplicate), detail
     search-<gen>.faiss             the backend's own file (FAISS backends only)
     store/                         the embedding store the index was built from (`modeling_pig.embedding`)
+
+(A little over 450 lines: one class, whose search, recall tuning and on-disk format belong together.)
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def test_auto_above_the_threshold_is_ivfpq_tuned_to_the_target_recall():
     basis = torch.linalg.qr(torch.randn(32, 8)).Q.T
     embeddings = F.normalize(torch.randn(10_000, 8) @ basis, dim=-1)
     index = VideoIndex(embeddings, [str(i) for i in range(10_000)], backend="auto", faiss_threshold=5000)
-    assert index.backend == "ivfpq" and index.faiss_params["refine"] == 20
+    assert index.backend == "ivfpq" and index.faiss_params["refine"] == 50
     reached = index.tune(target_recall=0.95, num_queries=50)
     assert reached >= 0.95 and index.measure_recall(num_queries=50, seed=7) >= 0.9  # on other queries too
 
