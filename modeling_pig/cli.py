@@ -75,7 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     index.add_argument("--num_frames", type=int, default=None,
                        help="frames per video of the zero-shot model built from a CLIP checkpoint (default 12)")
     index.add_argument("--backend", default="auto", choices=backend_names(),
-                       help="search backend (auto: exact up to --faiss_threshold videos, FAISS IVF above)")
+                       help="search backend (auto: exact up to --faiss_threshold videos, above FAISS IVF-PQ whose "
+                       "candidates are rescored exactly, tuned to --target_recall)")
     index.add_argument("--param", dest="backend_params", type=_backend_param, action="append", default=[],
                        metavar="NAME=VALUE", help="backend parameter, repeatable (nlist, nprobe, pq_m, hnsw_m, ...)")
     index.add_argument("--faiss_threshold", type=int, default=DEFAULT_FAISS_THRESHOLD)

@@ -17,6 +17,8 @@ the old index or the new one, never a mix:
     videos-<gen>/                  `datasets` Arrow table: path, status (indexed/failed/duplicate), detail
     search-<gen>.faiss             the backend's own file (FAISS backends only)
     store/                         the embedding store the index was built from (`modeling_pig.embedding`)
+
+(A little over 450 lines: one class, whose search, recall tuning and on-disk format belong together.)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ DEFAULT_FAISS_THRESHOLD = 100_000
 # "auto" uses IVF-PQ from this many vectors (256 centroids per sub-quantizer x 39 training points), IVF below.
 AUTO_PQ_MIN_VECTORS = 256 * 39
 _GENERATION_PREFIXES = ("vectors-", "videos-", "search-")
+_FORMAT_1 = ("embeddings.safetensors", "faiss.index", "build_checkpoint")  # replaced when a format-2 index is saved
 
 
 class VideoIndex:
@@ -283,23 +286,39 @@ class VideoIndex:
 
     def tune(self, target_recall: float = 0.95, k: int = 10, num_queries: int = 200,
              queries: torch.Tensor | None = None, seed: int = 0) -> float:
-        """Double the backend's search effort (IVF `nprobe`, HNSW `ef_search`) until recall@k against exact
-        search reaches `target_recall` on the queries of `measure_recall`, or the effort is maximal (IVF: every
-        list scanned, which is exhaustive). Returns the recall reached; exact search returns 1.0.
+        """Set the backend's search effort (IVF `nprobe`, HNSW `ef_search`) to about the smallest that reaches
+        recall@k `target_recall` against exact search on the queries of `measure_recall`: doubled from its current
+        value until the target is met (or the effort is maximal: IVF then scans every list, which is exhaustive),
+        then bisected back down to within 1/8 of the smallest such effort. Returns the recall reached at the
+        effort kept; exact search returns 1.0.
         """
         if not 0.0 < target_recall <= 1.0:
             raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
         backend = self.search_backend
-        if backend is self._exact:
-            return 1.0
+        if backend is self._exact or backend.effort is None:
+            return 1.0 if backend is self._exact else self.measure_recall(num_queries, k, queries, seed)
         queries = self._sample_queries(num_queries, seed) if queries is None else torch.as_tensor(queries).float()
         _, exact = self.search_embeddings(queries, k, exact=True)
-        while True:
-            recall = self._recall_against(queries, exact)
-            effort, limit = backend.effort, backend.max_effort(k)
-            if effort is None or recall >= target_recall or effort >= limit:
-                break
-            backend.set_effort(min(2 * effort, limit))
+
+        def recall_at(effort: int) -> float:
+            backend.set_effort(effort)
+            return self._recall_against(queries, exact)
+
+        limit = backend.max_effort(k)
+        failing, effort = None, backend.effort  # the largest effort known to miss the target, the current one
+        recall = recall_at(effort)
+        while recall < target_recall and effort < limit:
+            failing, effort = effort, min(2 * effort, limit)
+            recall = recall_at(effort)
+        if recall >= target_recall and failing is not None:  # bisect (failing, effort]
+            while effort - failing > max(1, failing // 8):
+                middle = (failing + effort) // 2
+                middle_recall = recall_at(middle)
+                if middle_recall >= target_recall:
+                    effort, recall = middle, middle_recall
+                else:
+                    failing = middle
+            backend.set_effort(effort)
         logger.info("%s backend tuned to %s: recall@%d = %.3f (target %.3f)", self.backend, backend.params, k,
                     recall, target_recall)
         return recall
@@ -360,8 +379,8 @@ class VideoIndex:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        previous = read_metadata(out) if (out / INDEX_METADATA_FILE).is_file() else None
-        generation = f"g{int(previous['generation'][1:]) + 1 if previous and 'generation' in previous else 1:06d}"
+        previous = json.loads((out / INDEX_METADATA_FILE).read_text()) if (out / INDEX_METADATA_FILE).is_file() else {}
+        generation = f"g{int(previous['generation'][1:]) + 1 if 'generation' in previous else 1:06d}"
         files = {"vectors": f"vectors-{generation}.npy", "videos": f"videos-{generation}"}
         with open(out / files["vectors"], "wb") as handle:
             np.save(handle, self.embeddings.numpy())
@@ -381,7 +400,7 @@ class VideoIndex:
         atomic_write_text(out / INDEX_METADATA_FILE,
                           json.dumps({**self.metadata(), "generation": generation, "files": files}, indent=1))
         for path in out.iterdir():  # the previous generation's files; a reader that has them open keeps them
-            if path.name.startswith(_GENERATION_PREFIXES) and generation not in path.name:
+            if (path.name.startswith(_GENERATION_PREFIXES) and generation not in path.name) or path.name in _FORMAT_1:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     @classmethod

@@ -302,7 +302,7 @@ class IVFPQBackend(_IVFBase):
     """FAISS `IndexIVFPQ` on inner product: `pq_m` sub-quantizers of `pq_bits` bits (a `pq_m`-byte code per video
     at 8 bits, default D / 8 = 64 bytes at 512-d instead of 1 KiB of fp16), `nlist` lists, `nprobe` scanned.
 
-    With `refine` = r > 1 (default 20), the codes only pick `r * k` candidates, which are then rescored exactly
+    With `refine` = r > 1 (default 50), the codes only pick `r * k` candidates, which are then rescored exactly
     with the stored fp16 vectors (memory-mapped: only those rows are read): recall close to that of the lists
     scanned, at the cost of PQ codes, with no second copy of the vectors in FAISS. `refine=1` ranks by the codes.
     """
@@ -315,7 +315,7 @@ class IVFPQBackend(_IVFBase):
         pq_m = int(params.get("pq_m") or max(1, dim // 8))
         if dim % pq_m:
             raise ValueError(f"pq_m must divide the vector dimension {dim}, got {pq_m}")
-        refine = int(params.get("refine") or 20)
+        refine = int(params.get("refine") or 50)
         if refine < 1:
             raise ValueError(f"refine must be >= 1, got {refine}")
         return {"nlist": nlist, "nprobe": int(params.get("nprobe") or max(1, nlist // 16)), "pq_m": pq_m,

@@ -334,10 +334,15 @@ class FrameGeometry:
         """``uint8 [H, W, 3]`` RGB of one decoded frame, at the geometry's size and orientation."""
         if not self.width or not self.height:
             self.width, self.height = frame.width, frame.height
+        # threads=1: PyAV's default (0, automatic) gives every frame's swscale context a pool of slice threads.
+        # A frame that is freed in a forked DataLoader worker (garbage inherited from the parent) then joins
+        # threads that do not exist in the child and the worker hangs forever; one thread also costs nothing
+        # at our frame sizes.
         if frame.width != self.width or frame.height != self.height:
-            image = frame.to_ndarray(format="rgb24", width=self.width, height=self.height, interpolation="BICUBIC")
+            image = frame.to_ndarray(format="rgb24", width=self.width, height=self.height, interpolation="BICUBIC",
+                                     threads=1)
         else:
-            image = frame.to_ndarray(format="rgb24")
+            image = frame.to_ndarray(format="rgb24", threads=1)
         if self.orientation is None:
             self.orientation = frame_orientation(frame)
         return apply_orientation(image, self.orientation) if self.orientation else image

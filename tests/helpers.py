@@ -5,11 +5,14 @@
   into a test module runs that module's tests on one torch thread);
 - retrieval stand-ins: `FakeModel`, `FakeProcessor` (the PIGModel / PIGProcessor interface, tiny and fast);
 - videos: `write_video` (a small synthetic video in any codec/container PyAV writes), `encode_silence`;
+- the `pig` command: `pig` (in this process through `main`), `pig_command` (the installed console script);
+  `write_colour_video` and `COLOURS` (small H.264 files of a plain colour), `make_library` (model, videos, index);
 - training: `run_train` (train.py's main with a fresh accelerate state), `tiny_argv` (argv on conftest's
   `synthetic_benchmark`).
 """
 
 import fractions
+import sys
 import types
 from pathlib import Path
 
@@ -190,3 +193,76 @@ def tiny_argv(output_dir, data_dir, *extra):
             "--logging_steps", "1", *extra]
 
 
+class Interrupted(Exception):
+    """Raised by `interrupt_after_checkpoint` to stop a run the way a crash would."""
+
+
+def interrupt_after_checkpoint(monkeypatch, stage, step):
+    """Make the next run stop (raise Interrupted) right after it saved the checkpoint of `stage` at `step`."""
+    import training.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_stop(accelerator, state, directory, limit):
+        path = real_save(accelerator, state, directory, limit)
+        if state.stage == stage and state.step == step:
+            raise Interrupted
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+
+
+# ------------------------------------------------------------------------------------------- the pig command
+
+
+def pig_command() -> list[str]:
+    script = Path(sys.executable).with_name("pig")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "modeling_pig.cli"]
+
+
+def pig(capsys, *args):
+    """`pig ARGS` in this process through `main`: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    from modeling_pig.cli import main
+
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+COLOURS = {"red.mp4": (220, 30, 30), "nested/blue.mp4": (30, 40, 220), "green.mp4": (30, 200, 60),
+           "swap.mp4": (200, 200, 40)}
+
+
+def write_colour_video(path: Path, colour, num_frames: int = 12, size=(64, 48)) -> Path:
+    """A small H.264 file: a plain colour with a white bar that moves (browsers play it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(num_frames):
+            image = np.empty((height, width, 3), np.uint8)
+            image[:] = colour
+            image[:, (4 * i) % width: (4 * i) % width + 6] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_library(root: Path) -> Path:
+    """`root/model` (`tiny_pig`), `root/videos` (the videos of COLOURS and a broken one) and `root/index`, built
+    by `pig index` in this process. Returns root."""
+    from modeling_pig.cli import main
+
+    model, processor = tiny_pig()
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    for name, colour in COLOURS.items():
+        write_colour_video(root / "videos" / name, colour)
+    (root / "videos" / "broken.mp4").write_bytes(b"\x00" * 4096)
+    assert main(["index", str(root / "videos"), "--model", str(root / "model"), "--out", str(root / "index"),
+                 "--recursive", "--num_workers", "0", "--device", "cpu"]) == 0
+    return root

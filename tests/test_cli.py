@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_pig
+from helpers import pig, pig_command, tiny_pig  # noqa: F401
 
 from modeling_pig.cli import format_results, main
 
@@ -26,24 +26,11 @@ def tiny_model_dir(tmp_path_factory):
     return folder
 
 
-def pig_command() -> list[str]:
-    script = Path(sys.executable).with_name("pig")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "modeling_pig.cli"]
-
-
 def run_pig(*args, cwd):
     """`pig ARGS` in a fresh process (the installed console script)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(pig_command() + [str(a) for a in args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=300)
-
-
-def pig(capsys, *args):
-    """`pig ARGS` in this process through `main`: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    status = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_pig_index_then_search_end_to_end(tiny_model_dir, shared_videos, tmp_path, capsys):

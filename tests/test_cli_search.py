@@ -1,6 +1,6 @@
 """`pig search` as a tool: several queries, JSON, queries from a file or stdin, query by image or video, the
-index's own text encoder (a cold text search imports neither transformers' CLIP nor the model), the weights
-check without re-hashing, and one `error:` line with exit status 2 for each bad input."""
+index's own text encoder (a text search loads no model and hashes no weights), the weights check without
+re-hashing, and one `error:` line with exit status 2 for each bad input."""
 
 import io
 import json
@@ -10,8 +10,7 @@ import sys
 
 import pytest
 import torch
-from test_cli import pig, tiny_pig
-from test_serve import COLOURS, make_library, write_colour_video
+from helpers import COLOURS, make_library, pig, tiny_pig, write_colour_video
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_clip_config_dict
-from test_cli import pig, tiny_pig
-from test_retrieval import FakeModel, FakeProcessor
+from helpers import FakeModel, FakeProcessor, pig, tiny_pig
 
 from modeling_pig.embedding import model_fingerprint
 from modeling_pig.index import VideoIndex
@@ -99,7 +98,7 @@ def test_auto_above_the_threshold_is_ivfpq_tuned_to_the_target_recall():
     basis = torch.linalg.qr(torch.randn(32, 8)).Q.T
     embeddings = F.normalize(torch.randn(10_000, 8) @ basis, dim=-1)
     index = VideoIndex(embeddings, [str(i) for i in range(10_000)], backend="auto", faiss_threshold=5000)
-    assert index.backend == "ivfpq" and index.faiss_params["refine"] == 20
+    assert index.backend == "ivfpq" and index.faiss_params["refine"] == 50
     reached = index.tune(target_recall=0.95, num_queries=50)
     assert reached >= 0.95 and index.measure_recall(num_queries=50, seed=7) >= 0.9  # on other queries too
 
@@ -278,12 +277,15 @@ def test_loaded_index_does_not_rehash_unchanged_model_files(video_dir, tmp_path,
     import modeling_pig.index as index_module
 
     out = tmp_path / "index"
-    assert pig(capsys, "index", video_dir, "--model", model_dir, "--out", out, "--num_workers", 0)[0] == 0
+    assert pig(capsys, "index", video_dir, "--model", model_dir, "--out", out, "--num_workers", 0,
+               "--dtype", "bfloat16")[0] == 0
+    assert json.loads((out / "index.json").read_text())["model_loader"] == {"kind": "pig", "dtype": "bfloat16"}
     hashed = []
     monkeypatch.setattr(index_module, "model_fingerprint", lambda model: hashed.append(1) or model_fingerprint(model))
     index = VideoIndex.load(out)
     index.search("a dog", k=1)
     assert hashed == []  # the model files are the ones recorded at build time
+    assert next(index._model.parameters()).dtype == torch.bfloat16  # the text tower as the index recorded it
     changed = tmp_path / "model_copy"
     shutil.copytree(model_dir, changed, copy_function=shutil.copy)  # new mtimes
     index = VideoIndex.load(out)
@@ -302,3 +304,12 @@ def test_bfloat16_model_gives_close_vectors(video_dir, model_dir):
     full = encode_videos(model32, processor, paths, show_progress=False).embeddings
     half = encode_videos(model16, processor, paths, show_progress=False).embeddings
     assert half.dtype == torch.float32 and F.cosine_similarity(full, half).min() > 0.99
+
+
+def test_a_format_1_index_folder_is_replaced_by_a_new_build(tmp_path):
+    (tmp_path / "index.json").write_text(json.dumps({"format": 1, "paths": ["a"]}))
+    (tmp_path / "embeddings.safetensors").write_bytes(b"old")
+    with pytest.raises(ValueError, match="index format 1, this version reads 2"):
+        VideoIndex.load(tmp_path)
+    VideoIndex(torch.eye(2), ["a", "b"]).save(tmp_path)
+    assert not (tmp_path / "embeddings.safetensors").exists() and VideoIndex.load(tmp_path).paths == ["a", "b"]

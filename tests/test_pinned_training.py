@@ -9,16 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import training.train as train_module
+from helpers import Interrupted, interrupt_after_checkpoint, tiny_argv
 from helpers import run_train as run_main
-from helpers import tiny_argv
 
 COMMON = ["--stage", "both", "--stage1_max_train_steps", "2", "--max_train_steps", "2", "--checkpointing_steps", "1",
           "--no_do_final_eval"]
-
-
-class Interrupted(Exception):
-    pass
 
 
 def run_train(output_dir, data_dir, *extra):
@@ -27,16 +22,8 @@ def run_train(output_dir, data_dir, *extra):
 
 def run_until_checkpoint(output_dir, data_dir, stage, step):
     """A run that stops (raises Interrupted) right after saving the checkpoint of `stage` at `step`."""
-    real_save = train_module.save_checkpoint
-
-    def save_then_stop(accelerator, state, directory, limit):
-        path = real_save(accelerator, state, directory, limit)
-        if state.stage == stage and state.step == step:
-            raise Interrupted
-        return path
-
     with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
-        patch.setattr(train_module, "save_checkpoint", save_then_stop)
+        interrupt_after_checkpoint(patch, stage, step)
         run_train(output_dir, data_dir)
 
 

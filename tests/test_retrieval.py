@@ -111,7 +111,9 @@ def test_save_load_gives_identical_results(tmp_path, backend):
     if backend == "ivf":
         index.set_search_params(nprobe=3)
     index.save(tmp_path / "idx")
-    assert (tmp_path / "idx" / "faiss.index").exists() == (backend == "ivf")  # exact search stores no FAISS index
+    files = json.loads((tmp_path / "idx" / "index.json").read_text())["files"]
+    assert ("search" in files) == (backend == "ivf")  # exact search stores no FAISS index
+    assert all((tmp_path / "idx" / name).exists() for name in files.values())
     loaded = VideoIndex.load(tmp_path / "idx")
     queries = F.normalize(torch.randn(5, 16), dim=-1)
     assert loaded.backend == backend and loaded.paths == index.paths and loaded.failed == index.failed

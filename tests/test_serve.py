@@ -14,53 +14,15 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-import av
-import numpy as np
 import pytest
-from test_cli import pig_command, tiny_pig
+from helpers import COLOURS, make_library, pig_command
 
-COLOURS = {"red.mp4": (220, 30, 30), "nested/blue.mp4": (30, 40, 220), "green.mp4": (30, 200, 60),
-           "swap.mp4": (200, 200, 40)}
 SECRET = "top secret, not a video"
-
-
-def write_colour_video(path: Path, colour, num_frames: int = 12, size=(64, 48)) -> Path:
-    """A small H.264 file: a plain colour with a white bar that moves (browsers play it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    width, height = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=12)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(num_frames):
-            image = np.empty((height, width, 3), np.uint8)
-            image[:] = colour
-            image[:, (4 * i) % width: (4 * i) % width + 6] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def make_library(root: Path) -> Path:
-    """`root/model` (the tiny random model), `root/videos` (the four videos of COLOURS and a broken one) and
-    `root/index`, built by `pig index` (in this process). Returns root."""
-    from modeling_pig.cli import main
-
-    model, processor = tiny_pig()
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    for name, colour in COLOURS.items():
-        write_colour_video(root / "videos" / name, colour)
-    (root / "videos" / "broken.mp4").write_bytes(b"\x00" * 4096)
-    assert main(["index", str(root / "videos"), "--model", str(root / "model"), "--out", str(root / "index"),
-                 "--recursive", "--num_workers", "0", "--device", "cpu"]) == 0
-    return root
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    """The library of `make_library`, and a secret file beside the videos."""
+    """`make_library` (model, videos with a broken one, index), and a secret file beside the videos."""
     root = make_library(tmp_path_factory.mktemp("serve"))
     (root / "secret.txt").write_text(SECRET)
     return root

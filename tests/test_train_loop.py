@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_train, tiny_argv
+from helpers import Interrupted, interrupt_after_checkpoint, run_train, tiny_argv
 from safetensors.torch import load_file
 
 import model_cards.hub as hub_module
@@ -177,23 +177,6 @@ def test_push_uploads_model_processor_and_card_but_not_checkpoints(demo_run):
     assert "stage1/**" in upload["ignore_patterns"] and "checkpoints/**" in upload["ignore_patterns"]
     assert "someone/pig-tiny" in (out / "README.md").read_text()
     assert summary["hub_commit"] == "https://hub.example/commit/1"
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_after_checkpoint(monkeypatch, stage, step):
-    """Make the run stop (raise Interrupted) right after it saved the checkpoint of `stage` at `step`."""
-    real_save = train_module.save_checkpoint
-
-    def save_then_stop(accelerator, state, directory, limit):
-        path = real_save(accelerator, state, directory, limit)
-        if state.stage == stage and state.step == step:
-            raise Interrupted
-        return path
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
 
 
 def test_resume_from_checkpoint_gives_the_same_weights_as_a_straight_run(tmp_path, synthetic_dir, monkeypatch):

@@ -3,7 +3,7 @@
 import json
 import math
 
-from test_train_loop import run_train, synthetic_dir, tiny_argv  # noqa: F401
+from helpers import run_train, tiny_argv
 
 # bf16 keeps 8 bits of mantissa (relative rounding 2^-8 ~ 0.4 %) in the autocast matmuls; the loss math itself runs
 # in float32 (PIGModel.forward). Measured (4 steps, tiny model): the per-step losses differ by <= 0.16 %, e.g.
@@ -15,7 +15,7 @@ def _losses(folder):
     return [json.loads(line)["loss"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_bf16_autocast_losses_are_finite_and_close_to_float32(tmp_path, synthetic_dir):  # noqa: F811
+def test_bf16_autocast_losses_are_finite_and_close_to_float32(tmp_path, synthetic_dir):
     common = ["--stage", "2", "--train_batch_size", "4", "--max_train_steps", "4", "--no_do_final_eval",
               "--disable_dropout", "--warmup_ratio", "0"]
     fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
