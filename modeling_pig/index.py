@@ -81,7 +81,7 @@ class VideoIndex:
                  faiss_threshold: int = DEFAULT_FAISS_THRESHOLD, model=None, processor=None,
                  processor_settings: str | None = None, duplicates: dict[str, str] | None = None,
                  model_loader: dict | None = None, model_source: str | None = None, check: bool = True,
-                 **backend_params):
+                 max_vector_norm: float | None = None, **backend_params):
         if isinstance(embeddings, np.ndarray):
             embeddings = torch.from_numpy(embeddings)
         if embeddings.ndim != 2:
@@ -101,7 +101,7 @@ class VideoIndex:
         self.faiss_threshold = faiss_threshold
         self.processor_settings = processor_settings
         self._model, self._processor = model, processor
-        self._exact = ExactBackend(self.embeddings)
+        self._exact = ExactBackend(self.embeddings, max_norm=max_vector_norm)
         self.search_backend: SearchBackend = self._exact
         self.set_backend(backend, **backend_params)
 
@@ -371,6 +371,7 @@ class VideoIndex:
             "backend": self.backend,
             "backend_params": self.faiss_params,
             "faiss_threshold": self.faiss_threshold,
+            "max_vector_norm": self._exact.max_norm,  # saves exact search a pass over every vector after loading
         }
 
     def save(self, out_dir: str | os.PathLike) -> None:
@@ -430,6 +431,7 @@ class VideoIndex:
                     model_path=metadata["model_path"], model_loader=metadata["model_loader"],
                     model_fingerprint=metadata["model_fingerprint"], model_source=metadata["model_source"],
                     backend="exact", faiss_threshold=metadata["faiss_threshold"],
+                    max_vector_norm=metadata["max_vector_norm"],
                     processor_settings=metadata["processor_settings"], check=False)
         if metadata["backend"] != "exact":
             search_file = folder / files["search"] if "search" in files else None

@@ -187,16 +187,21 @@ class ExactBackend(SearchBackend):
 
     name = "exact"
 
-    def __init__(self, vectors: torch.Tensor, **params):
+    def __init__(self, vectors: torch.Tensor, max_norm: float | None = None, **params):
         self.check_params(params)
         super().__init__(vectors)
-        self._max_norm = None
+        self._max_norm = max_norm
+
+    @property
+    def max_norm(self) -> float:
+        """The largest norm of a stored vector (computed once, by reading every vector, when not given)."""
+        if self._max_norm is None:
+            self._max_norm = max((float(self.vectors[s:s + EXACT_CHUNK_ROWS].float().norm(dim=1).max())
+                                  for s in range(0, len(self.vectors), EXACT_CHUNK_ROWS)), default=0.0)
+        return self._max_norm
 
     def search(self, queries, k):
-        if self._max_norm is None and len(self.vectors):  # read once, then every query reuses it
-            self._max_norm = float(max(self.vectors[s:s + EXACT_CHUNK_ROWS].float().norm(dim=1).max()
-                                       for s in range(0, len(self.vectors), EXACT_CHUNK_ROWS)))
-        return exact_search(self.vectors, torch.as_tensor(queries), k, max_norm=self._max_norm)
+        return exact_search(self.vectors, torch.as_tensor(queries), k, max_norm=self.max_norm)
 
 
 class FaissBackend(SearchBackend):
