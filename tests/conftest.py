@@ -66,15 +66,18 @@ def tiny_pig_config(real_vocabulary: bool = False, **overrides):
     return PIGConfig(**kwargs)
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def one_intra_op_thread():
     """`make test` runs two xdist workers on a 2-core machine: one torch thread each avoids oversubscription,
-    which makes the tiny models of the tests many times slower. Subprocesses get OMP_NUM_THREADS=1 too."""
+    which makes the tiny models of the tests many times slower. Subprocesses get OMP_NUM_THREADS=1 too. Every
+    test starts on one thread and the count is restored after it (a benchmark smoke test may change it)."""
     import torch
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
 """Helpers shared by several test files (import them from here, never from another test module).
 
 - models: `build_model`, `random_inputs`, `vip_input_states` (tiny PIGModel from conftest's `tiny_pig_config`),
-  `tiny_pig` (model + processor with the real CLIP tokenizer), `one_torch_thread` (an autouse fixture: importing it
-  into a test module runs that module's tests on one torch thread);
+  `tiny_pig` (model + processor with the real CLIP tokenizer); conftest runs every test on one torch thread;
 - retrieval stand-ins: `FakeModel`, `FakeProcessor` (the PIGModel / PIGProcessor interface, tiny and fast);
 - videos: `write_video` (a small synthetic video in any codec/container PyAV writes), `encode_silence`;
 - the `pig` command: `pig` (in this process through `main`), `pig_command` (the installed console script);
@@ -46,14 +45,6 @@ def vip_input_states(model: PIGModel, pixel_values: torch.Tensor) -> torch.Tenso
     vision = model.clip.vision_model
     return vision.pre_layrnorm(model.vip(pixel_values, vision.embeddings))
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on 2 shared cores: one intra-op thread is ~100x faster than two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_pig(seed: int = 0):

@@ -4,7 +4,7 @@ with dropout replayed; train.py with --grad_cache_chunk_size takes the same step
 import pytest
 import torch
 from safetensors.torch import load_file
-from helpers import build_model, one_torch_thread, random_inputs, run_train, tiny_argv  # noqa: F401
+from helpers import build_model, random_inputs, run_train, tiny_argv
 
 from training.grad_cache import GradCache
 

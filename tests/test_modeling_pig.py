@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import IMAGE_SIZE, NUM_FRAMES, TOP_K, tiny_clip_config_dict, tiny_pig_config
-from helpers import build_model, one_torch_thread, random_inputs, vip_input_states  # noqa: F401
+from helpers import build_model, random_inputs, vip_input_states
 from huggingface_hub.errors import StrictDataclassError
 from transformers import CLIPConfig, CLIPModel
 

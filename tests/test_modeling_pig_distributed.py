@@ -11,7 +11,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import build_model, one_torch_thread, random_inputs  # noqa: F401
+from helpers import build_model, random_inputs
 
 WORLD_SIZE = 2
 BATCH = 4

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 from conftest import NUM_FRAMES, TOP_K, tiny_clip_config_dict
-from helpers import build_model, one_torch_thread, random_inputs  # noqa: F401
+from helpers import build_model, random_inputs
 from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel
 
 from modeling_pig import PIGConfig, PIGModel

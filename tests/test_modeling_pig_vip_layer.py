@@ -30,13 +30,6 @@ def main_reference():
     return json.loads((FIXTURES / "pig_main_reference.json").read_text())
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_state_dict_keys_are_those_of_main(variant, main_reference):

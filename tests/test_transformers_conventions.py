@@ -17,13 +17,6 @@ NUM_LAYERS = 2  # tiny config: 2 text, 2 vision, 2 generator layers
 VIP_SEQUENCE = 4 + NUM_FRAMES * 17
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # ----------------------------------------------------------------------------------------- output options (CLIP's)
 
