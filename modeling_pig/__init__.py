@@ -2,23 +2,27 @@
 
 Importing the package registers PIG with transformers, as a model library must: afterwards ``AutoConfig``,
 ``AutoModel`` and ``AutoProcessor`` load a saved PIG folder without ``trust_remote_code``, and
-``pipeline("video-text-retrieval", model=folder)`` works. That import pulls in torch and transformers (both are
-imported by transformers' config machinery anyway). The other public names (index, embedding store, metrics,
-video decoding, loader) are resolved lazily, when first reached.
+``pipeline("video-text-retrieval", model=folder)`` works. The registration does not import transformers' modelling,
+processing or pipeline code (see `auto_registration`): the model classes and every other public name are resolved
+lazily, when first reached, so a ``pig`` command pays only for what it uses.
 """
 
 from importlib import import_module
 
 __version__ = "0.1.0"
 
-from .configuration_pig import PIGConfig
-from .modeling_pig import PIGModel, PIGOutput, PIGPreTrainedModel
-from .pipeline_pig import PIGRetrievalPipeline
-from .processing_pig import PIGProcessor, PIGVideoProcessor
+from .auto_registration import register_with_transformers
 
-_EAGER = ["PIGConfig", "PIGModel", "PIGOutput", "PIGPreTrainedModel", "PIGProcessor", "PIGRetrievalPipeline",
-          "PIGVideoProcessor"]
+register_with_transformers()
+
 _LAZY = {
+    "PIGConfig": "configuration_pig",
+    "PIGModel": "modeling_pig",
+    "PIGOutput": "modeling_pig",
+    "PIGPreTrainedModel": "modeling_pig",
+    "PIGProcessor": "processing_pig",
+    "PIGVideoProcessor": "processing_pig",
+    "PIGRetrievalPipeline": "pipeline_pig",
     "VideoDecodeError": "video_io",
     "read_video_frames": "video_io",
     "sample_frame_indices": "video_io",
@@ -35,7 +39,7 @@ _LAZY = {
     "convert_checkpoint": "convert",
 }
 
-__all__ = sorted(_EAGER + list(_LAZY))
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name):

@@ -241,8 +241,10 @@ class PIGConfig(PreTrainedConfig):
         self.validate()  # the `validate_*` methods
 
 
-if "pig" not in CONFIG_MAPPING:
-    AutoConfig.register("pig", PIGConfig)
+# Replaces the stand-in that importing the package may have registered (see auto_registration.py there); a PIGConfig
+# already registered (e.g. from a checkpoint's copy of this file) is kept.
+if "pig" not in CONFIG_MAPPING or hasattr(CONFIG_MAPPING._extra_content.get("pig"), "_pig_module"):
+    AutoConfig.register("pig", PIGConfig, exist_ok=True)
 PIGConfig.register_for_auto_class()
 
 __all__ = ["PIGConfig"]

@@ -111,4 +111,9 @@ def _name(video, index: int):
     return str(video) if isinstance(video, (str, os.PathLike)) else index
 
 
+# `import modeling_pig` may have registered a stand-in for this class (auto_registration): the real one replaces it
+# (dropped first so that transformers does not warn about overwriting a task).
+_registered = PIPELINE_REGISTRY.supported_tasks.get(TASK)
+if _registered is not None and getattr(_registered["impl"], "_pig_name", None) == "PIGRetrievalPipeline":
+    del PIPELINE_REGISTRY.supported_tasks[TASK]
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=PIGRetrievalPipeline, pt_model=AutoModel, type="multimodal")

@@ -221,6 +221,13 @@ def test_train_step_grad_cache_table_runs_the_three_configurations(tmp_path, cap
     assert printed[2][-1] == "1.00x"
 
 
+def test_train_step_grad_cache_can_skip_the_unchunked_paper_batch():
+    bench = load_script("bench_train_step")
+    rows = bench.configurations(bench.parse_args(["--grad-cache", "128,16", "--shapes", "b32", "--skip-unchunked"]))
+    assert [(r["shape"], r["batch_size"], r["chunk_size"], r["num_frames"]) for r in rows] == [
+        ("b32", 128, 16, 12), ("b32", 16, 0, 12)]
+
+
 def test_serve_round_trip_and_concurrent_clients_agree_with_the_library(tmp_path, capsys):
     stdout, results = run_script("bench_serve", tmp_path, capsys, "--cold_runs", "0")
     trip, crowd = results["round_trip"], results["concurrency"]
