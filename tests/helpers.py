@@ -194,8 +194,8 @@ def interrupt_after_checkpoint(monkeypatch, stage, step):
 
     real_save = train_module.save_checkpoint
 
-    def save_then_stop(accelerator, state, directory, limit):
-        path = real_save(accelerator, state, directory, limit)
+    def save_then_stop(accelerator, state, directory, limit, *args):
+        path = real_save(accelerator, state, directory, limit, *args)
         if state.stage == stage and state.step == step:
             raise Interrupted
         return path

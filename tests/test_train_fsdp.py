@@ -5,9 +5,9 @@ the plugin made of the YAML's settings, its wrap policy). Each ViP encoder layer
 generator layer must become its own FSDP unit; one step must give DDP's loss and weights; the model's sharded
 state (torch.distributed.checkpoint, what `save_state` writes with SHARDED_STATE_DICT) must load back exactly. FSDP
 refuses scalar parameters: the model is prepared as train.py prepares it (training/sharding.py).
-The optimizer's sharded state is not round-tripped here: on CPU (gloo, torch 2.13) accelerate's FSDP1 optimizer
-load restores no moments into a fresh optimizer, and a pre-initialised one fails in torch.distributed.checkpoint
-("Missing key in checkpoint state_dict: optimizer.param_groups"); docs/training.md gives the GPU check.
+The optimizer's sharded state goes through training/sharding.py (accelerate's FSDP1 load restores no moments into
+a fresh optimizer): a run resumed from the model and optimizer checkpoint of step 1 must take step 2 exactly as the
+straight run does, and one resumed without the optimizer state must not.
 """
 
 import copy
@@ -20,7 +20,8 @@ import torch.multiprocessing as mp
 import yaml
 from helpers import build_model, random_inputs
 
-from training.sharding import restore_scalar_shapes, vectorize_scalar_parameters
+from training.sharding import (load_sharded_optimizer, restore_scalar_shapes, save_sharded_optimizer,
+                               vectorize_scalar_parameters)
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "accelerate" / "fsdp_4gpu.yaml"
 WORLD_SIZE = 2
@@ -124,12 +125,42 @@ def _worker(rank, init_file, checkpoint_dir):
         set_model_state_dict(restored, state["model"])
         for name, tensor in _full_state(restored).items():
             assert torch.equal(tensor, full[name]), name
+
+        # resume: model + optimizer state saved after step 1 -> step 2 equals the straight run's step 2
+        save_sharded_optimizer(sharded, optimizer, f"{checkpoint_dir}_optimizer")
+        straight_loss = _step(sharded, optimizer, local[1])
+        straight = _full_state(sharded)
+        resumed_losses = {}
+        for with_optimizer in (True, False):
+            resumed, _ = _shard(build_model(seed=1, interaction_dropout=0.0).train())
+            resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=1e-3)  # fresh: no moments yet
+            state = {"model": get_model_state_dict(resumed)}
+            dcp.load(state, checkpoint_id=checkpoint_dir)
+            set_model_state_dict(resumed, state["model"])
+            if with_optimizer:
+                load_sharded_optimizer(resumed, resumed_optimizer, f"{checkpoint_dir}_optimizer")
+            resumed_losses[with_optimizer] = _step(resumed, resumed_optimizer, local[1])
+            after = _full_state(resumed)
+            if with_optimizer:
+                for name, tensor in straight.items():
+                    assert torch.equal(after[name], tensor), name
+            else:  # Adam restarted: the step differs (what accelerate's load silently did)
+                assert max((after[name] - tensor).abs().max().item() for name, tensor in straight.items()) > 1e-4
+        assert torch.equal(resumed_losses[True], straight_loss) and torch.equal(resumed_losses[False], straight_loss)
+
+        # a checkpoint of another model is refused with the entry it lacks
+        other, _ = _shard(build_model(seed=1, use_frame_cls=False, use_pseudo_query=False).train())
+        assert not any("generator" in name for name, _ in other.named_parameters())  # the CLIP-ViP layout
+        other_optimizer = torch.optim.AdamW(other.parameters(), lr=1e-3)
+        with pytest.raises(ValueError, match="optimizer.state.generator.*saved for another model or optimizer"):
+            load_sharded_optimizer(other, other_optimizer, f"{checkpoint_dir}_optimizer")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_fsdp_shards_every_layer_matches_ddp_and_round_trips_a_sharded_checkpoint(tmp_path):
+    """Units, one step against DDP, model state round trip, and a resume with the optimizer's sharded state."""
     settings = fsdp_settings()
     assert settings["fsdp_version"] == 1 and settings["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     mp.start_processes(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path / "checkpoint")),

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from training.sharding import OPTIMIZER_DIRECTORY, save_sharded_optimizer
+
 STATE_FILE = "train_state.json"
 STAGE_SUMMARY = "stage_summary.json"
 CHECKPOINT_PREFIX = "step_"
@@ -61,9 +63,12 @@ def read_state(checkpoint: Path) -> TrainState:
     return TrainState(**json.loads(path.read_text()))
 
 
-def save_checkpoint(accelerator: Accelerator, state: TrainState, directory: Path, limit: int) -> Path:
+def save_checkpoint(accelerator: Accelerator, state: TrainState, directory: Path, limit: int,
+                    sharded_optimizer: tuple | None = None) -> Path:
     """accelerate `save_state` into checkpoints/step_N, then the state file (last), then prune to `limit`.
 
+    `sharded_optimizer`: (FSDP-wrapped model, torch optimizer) under FSDP, whose optimizer state is also written by
+    `training.sharding.save_sharded_optimizer` (accelerate's FSDP1 load cannot restore it; see sharding.py).
     A collective: call it on every process.
     """
     path = Path(directory) / "checkpoints" / f"{CHECKPOINT_PREFIX}{state.step}"
@@ -71,6 +76,9 @@ def save_checkpoint(accelerator: Accelerator, state: TrainState, directory: Path
         shutil.rmtree(path)  # an incomplete leftover of an interrupted save (complete ones are never re-saved)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(path))
+    if sharded_optimizer is not None:
+        save_sharded_optimizer(*sharded_optimizer, path / OPTIMIZER_DIRECTORY)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (path / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
         for old in list_checkpoints(directory)[:-limit]:

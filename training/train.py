@@ -61,7 +61,7 @@ from training.data import (
 )
 from training.evaluation import evaluate, evaluate_and_keep_best, save_model
 from training.grad_cache import GradCache
-from training.sharding import vectorize_scalar_parameters
+from training.sharding import OPTIMIZER_DIRECTORY, load_sharded_optimizer, vectorize_scalar_parameters
 from training.model import build_model, build_processor, load_generator_weights
 from training.optimization import (
     NonFiniteLossError,
@@ -161,10 +161,15 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
                              "outside the wrapped forward")
         grad_cache = GradCache(accelerator, model, args.grad_cache_chunk_size, gather)
 
+    sharded_optimizer = None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        sharded_optimizer = (model, optimizer.optimizer)  # the wrapped model, the torch optimizer
     state = TrainState(stage=stage)
     resume = resolve_resume(args.resume_from_checkpoint, stage, plan.directory)
     if resume is not None:
         accelerator.load_state(str(resume))
+        if sharded_optimizer is not None:  # accelerate's FSDP1 load leaves a fresh optimizer empty (sharding.py)
+            load_sharded_optimizer(*sharded_optimizer, resume / OPTIMIZER_DIRECTORY)
         state = read_state(resume)
         logger.info(f"stage {stage}: resumed from {resume} at step {state.step} (epoch {state.epoch}, "
                     f"batch {state.batches_in_epoch})")
@@ -266,7 +271,8 @@ def train_stage(accelerator: Accelerator, args: TrainArguments, plan: StagePlan,
             if stage == "2" and args.eval_steps and state.step % args.eval_steps == 0 and state.step < max_steps:
                 evaluate_and_keep_best(accelerator, args, model, processor, eval_rows, state)
             if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
-                last_checkpoint = save_checkpoint(accelerator, state, plan.directory, args.checkpoints_total_limit)
+                last_checkpoint = save_checkpoint(accelerator, state, plan.directory, args.checkpoints_total_limit,
+                                                  sharded_optimizer)
             if state.step >= max_steps:
                 break
         else:
