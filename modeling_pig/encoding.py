@@ -183,8 +183,11 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
             embedded again. Without a store, nothing is written.
         model_fp: the model fingerprint when the caller already has it (saves hashing the weights again).
         process_index, num_processes: with several processes (each with its own model copy, e.g. under
-            `accelerate launch`), this one embeds every `num_processes`-th video the store lacks, into shards
-            of its own. The result then covers what this process sees; once every process is done,
+            `accelerate launch`), this one embeds the videos at positions `process_index`, `process_index +
+            num_processes`, ... that the store lacks, into shards of its own. The share is fixed by position, not
+            by what the store holds: a process that opens the store after another has flushed part of its
+            share computes the same shares (shares computed from the remaining work would differ between the
+            processes and leave some videos to none of them). The result then covers what this process sees; once every process is done,
             `section.reload()` + `section.collect(signatures)` gives the whole (`VideoIndex.build` does this).
 
     Returns:
@@ -208,11 +211,12 @@ def encode_videos(model, processor, videos: Sequence[str | os.PathLike | None], 
         raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}")
     if num_processes > 1 and section is None:
         raise ValueError("several processes need a store to put their vectors in")
-    todo = [p for p in range(n) if section is None or not section.has(signatures[p])]
-    if len(todo) < n:
-        logger.info("%d of %d videos already in the embedding store %s: skipped", n - len(todo), n, section.folder)
-    todo = todo[process_index::num_processes]
-    n_seen = n if num_processes == 1 else len(todo)
+    share = range(process_index, n, num_processes)  # by position only: the same on every process (docstring)
+    todo = [p for p in share if section is None or not section.has(signatures[p])]
+    if len(todo) < len(share):
+        logger.info("%d of %d videos already in the embedding store %s: skipped", len(share) - len(todo),
+                    len(share), section.folder)
+    n_seen = len(share)
 
     device, dtype = _model_device_dtype(model)
     loader = video_loader(processor, videos, batch_size, num_workers, starts, ends, todo)

@@ -68,3 +68,33 @@ def test_signatures_follow_the_file_and_never_collide_with_texts(tmp_path):
     video.write_bytes(b"xy")  # new content: new signature
     assert video_signature(str(video)) != before
     assert text_signature(str(video)) != video_signature(str(video))
+
+
+def test_processes_that_open_the_store_at_different_times_leave_no_video_to_no_one(tmp_path):
+    """Process 1 opens the store only after process 0 has embedded and flushed its whole share (a slow start under
+    torchrun): the shares must still cover every video (they used to be computed from the work left, so process 1
+    took every other video of what remained and skipped one). Regression: a 2-process index build once listed
+    neither the vector nor the failure of a broken video."""
+    from helpers import write_colour_video
+
+    from modeling_pig.encoding import encode_videos
+
+    videos = [str(write_colour_video(tmp_path / f"v{i}.mp4", (40 * i, 100, 200))) for i in range(4)]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 1000)
+    videos.insert(2, str(broken))  # positions 0..4; process 0 takes 0, 2 (broken), 4; process 1 takes 1, 3
+    model, processor = FakeModel(), FakeProcessor()
+    store = EmbeddingStore(tmp_path / "store")
+    first = encode_videos(model, processor, videos, batch_size=1, store=store, show_progress=False,
+                          process_index=0, num_processes=2)
+    assert first.positions == [0, 4] and list(first.failed) == [2]
+    late = encode_videos(model, processor, videos, batch_size=1, store=store, show_progress=False,
+                         process_index=1, num_processes=2)
+    assert late.positions == [0, 1, 3, 4] and list(late.failed) == [2]  # it sees process 0's shards, too
+    assert model.video_calls == 4  # every decodable video embedded exactly once
+    merged = section_of(store, model, processor)
+    merged.reload()
+    whole = merged.collect([video_signature(v) for v in videos])
+    assert whole.positions == [0, 1, 3, 4] and list(whole.failed) == [2] and "broken.mp4" in whole.failed[2]
+    alone = encode_videos(FakeModel(), processor, videos, batch_size=1, show_progress=False)
+    torch.testing.assert_close(whole.embeddings, alone.embeddings)
