@@ -238,6 +238,67 @@ def configure_allocator(default_malloc: bool) -> str:
             f"{TRIM_THRESHOLD_BYTES // 2**20} MiB (fixed)")
 
 
+class LiveBytesSampler:
+    """The peak of the bytes malloc has handed out and not had back (glibc `mallinfo2`: in-use heap blocks of every
+    arena + mmapped blocks), sampled every `interval` seconds by a background thread while the block runs.
+
+    Unlike the peak RSS it does not count memory that was freed but stayed in the process (fragmented heap), so
+    it is the CPU counterpart of `torch.cuda.max_memory_allocated`, up to what happens between two samples.
+    `peak` is None where there is no glibc."""
+
+    def __init__(self, interval: float = 0.005):
+        import ctypes
+        import ctypes.util
+
+        self.interval = interval
+        self.peak: int | None = None
+        self.baseline: int | None = None
+        self._mallinfo2 = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"))
+
+            class MallInfo2(ctypes.Structure):
+                _fields_ = [(name, ctypes.c_size_t) for name in (
+                    "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                    "keepcost")]
+
+            libc.mallinfo2.restype = MallInfo2
+            self._mallinfo2 = libc.mallinfo2
+        except (OSError, AttributeError, TypeError):
+            pass
+
+    def live(self) -> int | None:
+        if self._mallinfo2 is None:
+            return None
+        info = self._mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    def __enter__(self):
+        import threading
+
+        self.baseline = self.peak = self.live()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if self._mallinfo2 is not None:
+            self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            value = self.live()
+            if value > self.peak:
+                self.peak = value
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        value = self.live()
+        if value is not None and value > self.peak:
+            self.peak = value
+        return False
+
+
 def rss_bytes() -> tuple[int, int]:
     """(current RSS, peak RSS) of this process in bytes, from /proc/self/status (VmRSS, VmHWM)."""
     values = {}

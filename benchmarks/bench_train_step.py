@@ -21,8 +21,12 @@ Gradient caching (``--grad-cache BATCH,CHUNK``, training/grad_cache.py): PIG onl
 (two passes), and a plain step at CHUNK videos. The peak of the chunked step should be close to the small one's.
 
     python benchmarks/bench_train_step.py --threads 1 --shapes b32 --grad-cache 32,4 --grad-cache-frames 2  # docs
-    python benchmarks/bench_train_step.py --threads 2 --shapes b32 --grad-cache 128,16 --skip-unchunked --steps 1 \
-        --rounds 1   # the paper's batch in chunks of 16 against a plain batch of 16 (docs/performance.md)
+    python benchmarks/bench_train_step.py --threads 2 --shapes b32 --grad-cache 128,16 --grad-cache-frames 6 \
+        --skip-unchunked --steps 1 --rounds 1   # the paper's batch in chunks of 16 vs 16 (docs/performance.md)
+
+(12 frames needs more than 24 GiB of RAM.) The grad-cache table also reports the peak of the bytes malloc has
+handed out during the timed steps (`LiveBytesSampler`): on CPU, glibc keeps freed memory in the heap, so the peak
+RSS of the two-pass step overstates what it uses.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from _common import (SHAPES, add_allocator_argument, add_threads_argument, build_model, clip_config_dict,
+from _common import (SHAPES, LiveBytesSampler, add_allocator_argument, add_threads_argument, build_model, clip_config_dict,
                      configure_allocator, count_flops, format_bytes, format_seconds, load_average,
                      machine_description, markdown_table, median, random_pixel_values, random_text_inputs,
                      resolve_threads, rss_bytes, timed_cpu, write_json)
@@ -161,16 +165,18 @@ def worker(args: argparse.Namespace) -> dict:
 
     flops, _ = count_flops(step, depth=1)  # first step: optimiser state is allocated here; not timed
     times, cpu_times = [], []
-    for _ in range(args.steps):
-        seconds, cpu_seconds, _ = timed_cpu(step)
-        times.append(seconds)
-        cpu_times.append(cpu_seconds)
+    with LiveBytesSampler() as live:  # the timed steps: optimiser state already there, as in a training run
+        for _ in range(args.steps):
+            seconds, cpu_seconds, _ = timed_cpu(step)
+            times.append(seconds)
+            cpu_times.append(cpu_seconds)
     _, peak = rss_bytes()
     return dict(shape=args.shape, model=args.model, batch_size=args.batch_size, num_frames=args.num_frames,
                 activation_checkpointing=args.activation_checkpointing, chunk_size=args.chunk_size, steps=args.steps,
                 step_seconds=median(times), all_step_seconds=times, all_cpu_step_seconds=cpu_times,
                 train_gflops_per_step=flops / 1e9,
-                rss_after_build=rss_after_build, peak_rss=peak, threads=torch.get_num_threads(), allocator=allocator)
+                rss_after_build=rss_after_build, peak_rss=peak, threads=torch.get_num_threads(), allocator=allocator,
+                live_before_steps=live.baseline, peak_live=live.peak)
 
 
 def run_worker_subprocess(config: dict, model: str, steps: int, threads: int, default_malloc: bool) -> dict:
@@ -203,7 +209,8 @@ def merge_rounds(results: list[dict]) -> dict:
     return dict(results[0], rounds=len(results), all_step_seconds=steps, step_seconds=median(steps),
                 all_cpu_step_seconds=cpu_steps, cpu_step_seconds=median(cpu_steps),
                 peak_rss=peak["peak_rss"], rss_after_build=peak["rss_after_build"],
-                all_peak_rss=[result["peak_rss"] for result in results])
+                all_peak_rss=[result["peak_rss"] for result in results],
+                peak_live=max((r["peak_live"] for r in results if r.get("peak_live") is not None), default=None))
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -230,6 +237,16 @@ def run_grad_cache(args: argparse.Namespace) -> dict:
                 command=" ".join(sys.argv), grad_cache=True)
 
 
+def _live(row: dict) -> str:
+    return "n/a" if row.get("peak_live") is None else format_bytes(row["peak_live"])
+
+
+def _live_ratio(row: dict, small: dict) -> str:
+    if row.get("peak_live") is None or small.get("peak_live") is None:
+        return "n/a"
+    return f"{row['peak_live'] / small['peak_live']:.2f}x"
+
+
 def render_grad_cache(results: dict) -> str:
     """One row per configuration: batch, chunks, FLOPs, time, peak RSS and peak minus the RSS after the build."""
     small = results["rows"][-1]
@@ -237,13 +254,18 @@ def render_grad_cache(results: dict) -> str:
               str(row["chunk_size"]) if row["chunk_size"] else "-", f"{row['train_gflops_per_step']:.1f}",
               format_seconds(row["cpu_step_seconds"]), format_bytes(row["peak_rss"]),
               format_bytes(row["peak_rss"] - row["rss_after_build"]),
-              f"{(row['peak_rss'] - row['rss_after_build']) / (small['peak_rss'] - small['rss_after_build']):.2f}x"]
+              f"{(row['peak_rss'] - row['rss_after_build']) / (small['peak_rss'] - small['rss_after_build']):.2f}x",
+              _live(row), _live_ratio(row, small)]
              for row in results["rows"]]
     headers = ["shape", "videos x frames", "chunk", "GFLOPs / step", "CPU time / step", "peak RSS",
-               "peak - RSS after build", "(peak - build) / small batch"]
+               "peak - RSS after build", "(peak - build) / small batch", "peak live (malloc)",
+               "live / small batch"]
     return "\n".join([f"Machine: {results['machine']}, at end {results['load_at_end']:.2f}",
                       f"PIG, AdamW, fp32; {results['rounds']} round(s), {results['steps']} timed step(s) after one "
-                      "untimed step, one fresh subprocess per row; peak = largest over rounds.",
+                      "untimed step, one fresh subprocess per row; peak = largest over rounds. Peak live = the "
+                      "most bytes malloc had handed out during the timed steps (glibc mallinfo2, sampled every 5 "
+                      "ms: model, gradients, AdamW state, activations; not freed-but-kept heap, which peak RSS "
+                      "counts).",
                       "", markdown_table(headers, table)])
 
 

@@ -215,10 +215,25 @@ def test_train_step_grad_cache_table_runs_the_three_configurations(tmp_path, cap
     rows = results["rows"]
     assert [(r["batch_size"], r["chunk_size"]) for r in rows] == [(4, 0), (4, 2), (2, 0)]
     assert all(r["model"] == "PIG" and r["peak_rss"] >= r["rss_after_build"] > 0 for r in rows)
+    assert all(r["peak_live"] is None or r["peak_live"] >= r["live_before_steps"] > 0 for r in rows)
     assert rows[1]["train_gflops_per_step"] > rows[0]["train_gflops_per_step"]  # the extra forward pass
     printed = table_rows(stdout, "shape")
     assert [r[:3] for r in printed] == [["tiny", "4 x 2", "-"], ["tiny", "4 x 2", "2"], ["tiny", "2 x 2", "-"]]
     assert printed[2][-1] == "1.00x"
+
+
+def test_live_bytes_sampler_sees_a_freed_allocation_that_rss_would_keep():
+    import time
+
+    LiveBytesSampler = load_script("_common").LiveBytesSampler
+    with LiveBytesSampler(interval=0.001) as sampler:
+        if sampler.peak is None:
+            pytest.skip("no glibc mallinfo2 here")
+        block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, malloc'd (under the mmap threshold or not)
+        time.sleep(0.05)  # several samples while it is alive
+        del block
+    assert sampler.peak - sampler.baseline >= 64 * 2**20
+    assert sampler.live() - sampler.baseline < 32 * 2**20  # freed: no longer counted
 
 
 def test_train_step_grad_cache_can_skip_the_unchunked_paper_batch():
