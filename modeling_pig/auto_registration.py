@@ -30,7 +30,7 @@ import threading
 from importlib import import_module
 from typing import Callable
 
-__all__ = ["register_with_transformers", "lazy_class"]
+__all__ = ["register_with_transformers", "lazy_class", "is_stand_in"]
 
 _CONFIG = ("modeling_pig.configuration_pig", "PIGConfig")
 _MODEL = ("modeling_pig.modeling_pig", "PIGModel")
@@ -65,6 +65,11 @@ class _LazyClassMeta(type):
 
     def __repr__(cls) -> str:
         return f"<lazy class '{cls.__dict__['_pig_module']}.{cls.__dict__['_pig_name']}'>"
+
+
+def is_stand_in(obj) -> bool:
+    """Whether `obj` is a `lazy_class` stand-in (what a module registering its real class replaces)."""
+    return isinstance(obj, _LazyClassMeta)
 
 
 def lazy_class(module: str, name: str, **attributes) -> type:
@@ -182,16 +187,10 @@ def _register_pipeline() -> None:
                                             pt_model=AutoModel, type="multimodal")
 
 
-_registered = False
-
-
 def register_with_transformers() -> None:
-    """Register PIG with AutoConfig, AutoModel, AutoProcessor and the pipeline registry (idempotent). Each part runs
-    when the transformers module it registers with is imported, or at once when it already is."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
+    """Register PIG with AutoConfig, AutoModel, AutoProcessor and the pipeline registry (the package's __init__
+    calls it once; every part checks what is registered, so a second call changes nothing). Each part runs when the
+    transformers module it registers with is imported, or at once when it already is."""
     _after_import("transformers.models.auto.configuration_auto", _register_config)
     _after_import(_CONFIG[0], _register_model_classes)
     _after_import("transformers.pipelines", _register_pipeline)

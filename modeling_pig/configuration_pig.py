@@ -241,8 +241,9 @@ class PIGConfig(PreTrainedConfig):
         self.validate()  # the `validate_*` methods
 
 
-# Replaces the stand-in that importing the package may have registered (see auto_registration.py there); a PIGConfig
-# already registered (e.g. from a checkpoint's copy of this file) is kept.
+# Replaces the stand-in that importing the package may have registered (see auto_registration.py there: stand-ins
+# carry `_pig_module`; this file must not import the package, being copied next to checkpoints); a PIGConfig already
+# registered (e.g. from a checkpoint's copy of this file) is kept.
 if "pig" not in CONFIG_MAPPING or hasattr(CONFIG_MAPPING._extra_content.get("pig"), "_pig_module"):
     AutoConfig.register("pig", PIGConfig, exist_ok=True)
 PIGConfig.register_for_auto_class()

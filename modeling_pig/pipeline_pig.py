@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .auto_registration import is_stand_in
+
 __all__ = ["PIGRetrievalPipeline", "TASK"]
 
 TASK = "video-text-retrieval"
@@ -113,7 +115,6 @@ def _name(video, index: int):
 
 # `import modeling_pig` may have registered a stand-in for this class (auto_registration): the real one replaces it
 # (dropped first so that transformers does not warn about overwriting a task).
-_registered = PIPELINE_REGISTRY.supported_tasks.get(TASK)
-if _registered is not None and getattr(_registered["impl"], "_pig_name", None) == "PIGRetrievalPipeline":
+if is_stand_in(PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl")):
     del PIPELINE_REGISTRY.supported_tasks[TASK]
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=PIGRetrievalPipeline, pt_model=AutoModel, type="multimodal")

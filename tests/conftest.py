@@ -121,3 +121,15 @@ def synthetic_benchmark(tmp_path_factory):
 def synthetic_dir(synthetic_benchmark):
     """The name the training tests use for `synthetic_benchmark`."""
     return synthetic_benchmark
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """`helpers.tiny_pig()` saved to a folder (model + processor); read-only, shared by the CLI and index tests."""
+    from helpers import tiny_pig
+
+    folder = tmp_path_factory.mktemp("tiny_pig")
+    model, processor = tiny_pig()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -5,25 +5,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import pig, pig_command, tiny_pig  # noqa: F401
+from helpers import pig, pig_command
 
-from modeling_pig.cli import format_results, main
+from modeling_pig.cli import format_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_pig")
-    model, processor = tiny_pig()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 def run_pig(*args, cwd):

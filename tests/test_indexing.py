@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_clip_config_dict
-from helpers import FakeModel, FakeProcessor, pig, tiny_pig
+from helpers import FakeModel, FakeProcessor, pig
 
 from modeling_pig.embedding import model_fingerprint
 from modeling_pig.index import VideoIndex
@@ -21,15 +21,6 @@ from modeling_pig.indexing import IndexLockedError, build_lock, index_status
 from modeling_pig.search_backends import _exact_chunked, exact_search
 
 SMALL = ("single_face.mp4", "carphone_pristine.mp4", "bikes.mp4")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_pig")
-    model, processor = tiny_pig()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
@@ -168,18 +159,18 @@ def test_rebuild_adds_new_files_and_drops_deleted_ones_without_re_embedding(vide
     assert torch.equal(second.embeddings[second.paths.index(first.paths[kept])], first.embeddings[kept])
 
 
-def test_a_second_build_on_the_same_folder_is_refused(video_dir, tmp_path, model_dir, capsys):
+def test_a_second_build_on_the_same_folder_is_refused(video_dir, tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "index"
     with build_lock(out):
         with pytest.raises(IndexLockedError, match="another build of this index is running"):
             VideoIndex.build(FakeModel(), FakeProcessor(), [str(video_dir / SMALL[0])], out_dir=out,
                              show_progress=False)
-        status, _, stderr = pig(capsys, "index", video_dir, "--model", model_dir, "--out", out, "--num_workers", 0)
+        status, _, stderr = pig(capsys, "index", video_dir, "--model", tiny_model_dir, "--out", out, "--num_workers", 0)
         assert status == 2 and f"pid {os.getpid()}" in stderr and len(stderr.strip().splitlines()) == 1
     VideoIndex.build(FakeModel(), FakeProcessor(), [str(video_dir / SMALL[0])], out_dir=out, show_progress=False)
 
 
-def test_sigterm_keeps_finished_batches_and_info_reports_the_interrupted_build(video_dir, tmp_path, model_dir,
+def test_sigterm_keeps_finished_batches_and_info_reports_the_interrupted_build(video_dir, tmp_path, tiny_model_dir,
                                                                             capsys, monkeypatch):
     from modeling_pig.modeling_pig import PIGModel
 
@@ -194,7 +185,7 @@ def test_sigterm_keeps_finished_batches_and_info_reports_the_interrupted_build(v
 
     monkeypatch.setattr(PIGModel, "get_video_features", terminated_on_third_batch)
     out = tmp_path / "index"
-    args = ["index", video_dir, "--model", model_dir, "--out", out, "--batch_size", 1, "--num_workers", 0,
+    args = ["index", video_dir, "--model", tiny_model_dir, "--out", out, "--batch_size", 1, "--num_workers", 0,
             "--device", "cpu"]
     status, _, stderr = pig(capsys, *args)
     assert status == 128 + signal.SIGTERM and "interrupted (SIGTERM)" in stderr
@@ -203,7 +194,7 @@ def test_sigterm_keeps_finished_batches_and_info_reports_the_interrupted_build(v
     # two batches were finished before the signal (the default flush is every 512 videos): both are kept
     assert status == 0 and {k: info[k] for k in ("status", "embedded", "total", "failed", "running")} == \
         {"status": "incomplete", "embedded": 2, "total": 4, "failed": 0, "running": False}
-    assert info["model_path"] == str(model_dir) and info["backend"] == "auto"
+    assert info["model_path"] == str(tiny_model_dir) and info["backend"] == "auto"
     status, stdout, _ = pig(capsys, "info", out)
     assert "build incomplete (interrupted): 2 of 4 videos embedded" in stdout
     monkeypatch.setattr(PIGModel, "get_video_features", original)
@@ -214,14 +205,14 @@ def test_sigterm_keeps_finished_batches_and_info_reports_the_interrupted_build(v
         {"status": "complete", "embedded": 4, "total": 4, "failed": 0, "backend": "exact"}
 
 
-def test_distributed_build_over_two_processes_equals_a_one_process_build(video_dir, tmp_path, model_dir):
+def test_distributed_build_over_two_processes_equals_a_one_process_build(video_dir, tmp_path, tiny_model_dir):
     (video_dir / "broken.mp4").write_bytes(b"\x00" * 1000)
-    one = VideoIndex.build(*tiny_model(model_dir), sorted(map(str, video_dir.iterdir())), out_dir=tmp_path / "one",
+    one = VideoIndex.build(*tiny_model(tiny_model_dir), sorted(map(str, video_dir.iterdir())), out_dir=tmp_path / "one",
                            batch_size=1, show_progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     # torchrun starts two gloo processes on CPU (so does `accelerate launch --multi_gpu --num_processes 2`)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "modeling_pig.cli", "index", str(video_dir), "--model", str(model_dir), "--out",
+                           "modeling_pig.cli", "index", str(video_dir), "--model", str(tiny_model_dir), "--out",
                            str(tmp_path / "two"), "--batch_size", "1", "--num_workers", "0", "--device", "cpu"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -232,10 +223,10 @@ def test_distributed_build_over_two_processes_equals_a_one_process_build(video_d
     assert index_status(tmp_path / "two")["status"] == "complete"
 
 
-def tiny_model(model_dir):
+def tiny_model(tiny_model_dir):
     from modeling_pig import load_model_and_processor
 
-    return load_model_and_processor(str(model_dir))
+    return load_model_and_processor(str(tiny_model_dir))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -273,11 +264,11 @@ def test_zero_shot_index_from_a_plain_clip_checkpoint(video_dir, tmp_path, capsy
     assert status == 0 and stdout.splitlines()[2].endswith(index.paths[best])
 
 
-def test_loaded_index_does_not_rehash_unchanged_model_files(video_dir, tmp_path, model_dir, capsys, monkeypatch):
+def test_loaded_index_does_not_rehash_unchanged_model_files(video_dir, tmp_path, tiny_model_dir, capsys, monkeypatch):
     import modeling_pig.index as index_module
 
     out = tmp_path / "index"
-    assert pig(capsys, "index", video_dir, "--model", model_dir, "--out", out, "--num_workers", 0,
+    assert pig(capsys, "index", video_dir, "--model", tiny_model_dir, "--out", out, "--num_workers", 0,
                "--dtype", "bfloat16")[0] == 0
     assert json.loads((out / "index.json").read_text())["model_loader"] == {"kind": "pig", "dtype": "bfloat16"}
     hashed = []
@@ -287,19 +278,19 @@ def test_loaded_index_does_not_rehash_unchanged_model_files(video_dir, tmp_path,
     assert hashed == []  # the model files are the ones recorded at build time
     assert next(index._model.parameters()).dtype == torch.bfloat16  # the text tower as the index recorded it
     changed = tmp_path / "model_copy"
-    shutil.copytree(model_dir, changed, copy_function=shutil.copy)  # new mtimes
+    shutil.copytree(tiny_model_dir, changed, copy_function=shutil.copy)  # new mtimes
     index = VideoIndex.load(out)
     index.model_path = str(changed)  # same weights, other files: hashed once, and accepted
     index.search("a dog", k=1)
     assert hashed == [1]
 
 
-def test_bfloat16_model_gives_close_vectors(video_dir, model_dir):
+def test_bfloat16_model_gives_close_vectors(video_dir, tiny_model_dir):
     from modeling_pig import encode_videos, load_model_and_processor
 
     paths = [str(video_dir / name) for name in SMALL[:2]]
-    model32, processor = load_model_and_processor(str(model_dir))
-    model16, _ = load_model_and_processor(str(model_dir), dtype="bfloat16")
+    model32, processor = load_model_and_processor(str(tiny_model_dir))
+    model16, _ = load_model_and_processor(str(tiny_model_dir), dtype="bfloat16")
     assert next(model16.parameters()).dtype == torch.bfloat16
     full = encode_videos(model32, processor, paths, show_progress=False).embeddings
     half = encode_videos(model16, processor, paths, show_progress=False).embeddings

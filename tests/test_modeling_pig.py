@@ -357,6 +357,8 @@ def test_temporal_embedding_is_linearly_interpolated_for_other_frame_counts():
 
 
 def test_eager_and_sdpa_attention_give_the_same_outputs():
+    """Text, generator and ViP towers under both attention implementations: losses, the ViP tower's every hidden
+    state and its token selection agree within 1e-5."""
     inputs = random_inputs(n_text=2, n_video=2)
     outputs = {}
     for implementation in ("sdpa", "eager"):
@@ -364,11 +366,19 @@ def test_eager_and_sdpa_attention_give_the_same_outputs():
         model = PIGModel._from_config(tiny_pig_config(), attn_implementation=implementation).eval()
         assert model.clip.text_model.config._attn_implementation == implementation
         assert model.generator.encoder.layers[0].self_attn.config._attn_implementation == implementation
+        for layer in model.clip.vision_model.encoder.layers:
+            assert layer.self_attn.config._attn_implementation == implementation
         with torch.no_grad():
-            outputs[implementation] = model(**inputs, return_loss=True)
+            outputs[implementation] = model(**inputs, return_loss=True, output_hidden_states=True)
     torch.testing.assert_close(outputs["eager"].loss, outputs["sdpa"].loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(outputs["eager"].pseudo_query_embeds, outputs["sdpa"].pseudo_query_embeds,
                                rtol=1e-5, atol=1e-5)
+    eager, sdpa = outputs["eager"].video_model_output, outputs["sdpa"].video_model_output
+    for name in ("last_hidden_state", "pooler_output", "pseudo_query_embeds"):
+        torch.testing.assert_close(getattr(eager, name), getattr(sdpa, name), rtol=1e-5, atol=1e-5, msg=name)
+    for eager_states, sdpa_states in zip(eager.hidden_states, sdpa.hidden_states, strict=True):
+        torch.testing.assert_close(eager_states, sdpa_states, rtol=1e-5, atol=1e-5)
+    assert torch.equal(eager.informative_token_indices, sdpa.informative_token_indices)
 
 
 # ---------------------------------------------------------------------------------------------------- baselines

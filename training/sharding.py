@@ -83,8 +83,9 @@ def load_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimi
     if unknown:
         raise ValueError(f"{directory}: the optimizer state has no entry {unknown[0]!r} ({len(unknown)} missing); "
                          "it was saved for another model or optimizer")
-    everyone = [None] * dist.get_world_size() if dist.is_initialized() else [local]
+    everyone = [local]
     if dist.is_initialized():
+        everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, local)
     uncovered = sorted(saved - set().union(*everyone))
     if uncovered:
