@@ -1,7 +1,8 @@
 """PIGModel behaviour on tiny random CLIP configs: shapes, attention pattern, ITS, losses, baselines, init.
 
 The model helpers (`build_model`, `random_inputs`, `vip_input_states`) live in tests/helpers.py; the config is
-conftest's `tiny_pig_config`.
+conftest's `tiny_pig_config`. One file for the one model file it tests (modeling_pig.py), in that file's order;
+the ViP layer's own tests are in test_modeling_pig_vip_layer.py.
 """
 
 import pytest
